@@ -1,0 +1,222 @@
+# -*- coding: utf-8 -*-
+# Copyright: pgdts developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Connection layer: how a server is described, how we connect to it, and what a failure means.
+
+Plain Python (no Ansible imports) so that the worker and the tests use exactly what the modules use.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import traceback
+
+try:
+    import psycopg
+    from psycopg import sql
+    HAS_PSYCOPG = True
+    PSYCOPG_IMPORT_ERROR = None
+except ImportError:  # pragma: no cover - exercised only on hosts without psycopg
+    psycopg = None
+    sql = None
+    HAS_PSYCOPG = False
+    PSYCOPG_IMPORT_ERROR = traceback.format_exc()
+
+APPLICATION_NAME = 'pgdts'
+
+# Option name -> (libpq keyword, environment variable, default)
+SERVER_KEYS = {
+    'host': ('host', 'PGHOST', None),
+    'port': ('port', 'PGPORT', 5432),
+    'user': ('user', 'PGUSER', None),
+    'password': ('password', 'PGPASSWORD', None),
+    'dbname': ('dbname', 'PGDATABASE', 'postgres'),
+    'sslmode': ('sslmode', 'PGSSLMODE', None),
+    'sslrootcert': ('sslrootcert', 'PGSSLROOTCERT', None),
+    'connect_timeout': ('connect_timeout', 'PGCONNECT_TIMEOUT', 10),
+}
+INT_KEYS = ('port', 'connect_timeout')
+
+
+class ConnectionFailure(Exception):
+    """A connection could not be made. `kind` is a stable word, `message` a short sentence without secrets."""
+
+    def __init__(self, kind, message):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class ServerSpec:
+    """Where a server is and how to log in; the password is kept out of repr() and of public_dict()."""
+
+    def __init__(self, host=None, port=5432, user=None, password=None, dbname='postgres', sslmode=None,
+                 sslrootcert=None, connect_timeout=10):
+        self.host = host
+        self.port = int(port) if port is not None else 5432
+        self.user = user
+        self.password = password
+        self.dbname = dbname or 'postgres'
+        self.sslmode = sslmode
+        self.sslrootcert = sslrootcert
+        self.connect_timeout = int(connect_timeout) if connect_timeout is not None else 10
+
+    @classmethod
+    def from_options(cls, options, environ=None):
+        """Build a spec from a module's dict option, falling back to libpq environment variables."""
+        environ = os.environ if environ is None else environ
+        options = options or {}
+        values = {}
+        for key, (_keyword, env_name, default) in SERVER_KEYS.items():
+            value = options.get(key)
+            if value in (None, ''):
+                value = environ.get(env_name) or default
+            if key in INT_KEYS and value not in (None, ''):
+                try:
+                    value = int(value)
+                except (TypeError, ValueError):
+                    raise ConnectionFailure('invalid', '%s must be a whole number, got %r' % (key, value))
+            values[key] = value
+        return cls(**values)
+
+    @classmethod
+    def from_dict(cls, data):
+        return cls(**{k: data.get(k) for k in SERVER_KEYS if k in data})
+
+    def public_dict(self):
+        """Everything but the password: safe to return, log and store."""
+        return {k: getattr(self, k) for k in SERVER_KEYS if k != 'password'}
+
+    def to_dict(self):
+        """Everything including the password: only for the 0600 credential file."""
+        return {k: getattr(self, k) for k in SERVER_KEYS}
+
+    def with_dbname(self, dbname):
+        clone = ServerSpec(**self.to_dict())
+        clone.dbname = dbname
+        return clone
+
+    def describe(self, dbname=None):
+        where = self.host or 'local socket'
+        return '%s@%s:%s/%s' % (self.user or '(default user)', where, self.port, dbname or self.dbname)
+
+    def connect_kwargs(self, dbname=None, application_name=APPLICATION_NAME, replication=None):
+        kwargs = {'dbname': dbname or self.dbname, 'port': self.port,
+                  'connect_timeout': self.connect_timeout, 'application_name': application_name}
+        for key in ('host', 'user', 'password', 'sslmode', 'sslrootcert'):
+            value = getattr(self, key)
+            if value not in (None, ''):
+                kwargs[key] = value
+        if replication:
+            kwargs['replication'] = replication
+        return kwargs
+
+    def libpq_env(self, dbname=None, application_name=APPLICATION_NAME):
+        """Environment for libpq client programs (pg_dump, psql): the password travels here, never in argv."""
+        env = {'PGDATABASE': dbname or self.dbname, 'PGPORT': str(self.port),
+               'PGCONNECT_TIMEOUT': str(self.connect_timeout), 'PGAPPNAME': application_name}
+        for key, env_name in (('host', 'PGHOST'), ('user', 'PGUSER'), ('password', 'PGPASSWORD'),
+                              ('sslmode', 'PGSSLMODE'), ('sslrootcert', 'PGSSLROOTCERT')):
+            value = getattr(self, key)
+            if value not in (None, ''):
+                env[env_name] = str(value)
+        return env
+
+    def __repr__(self):
+        return 'ServerSpec(%s)' % self.describe()
+
+
+def require_psycopg():
+    if not HAS_PSYCOPG:
+        raise ConnectionFailure('missing_library', 'psycopg 3 is required on the host that runs this: pip install "psycopg[binary]"')
+
+
+_FAILURE_PATTERNS = (
+    ('auth_failed', re.compile(r'password authentication failed|authentication failed|no password supplied|'
+                               r'password is required|role ".*" does not exist', re.I),
+     'authentication failed for %(who)s'),
+    ('database_missing', re.compile(r'database ".*" does not exist', re.I),
+     'database "%(db)s" does not exist on %(where)s'),
+    ('ssl_required', re.compile(r'SSL off|server does not support SSL|SSL connection is required|'
+                                r'no encryption', re.I),
+     'SSL mismatch connecting to %(where)s: %(detail)s'),
+    ('not_allowed', re.compile(r'no pg_hba\.conf entry', re.I),
+     'the server at %(where)s has no pg_hba.conf entry that allows %(who)s: %(detail)s'),
+    ('timeout', re.compile(r'timeout expired|timed out', re.I),
+     'timed out connecting to %(where)s'),
+    ('unreachable', re.compile(r'Connection refused|could not connect|could not translate host name|'
+                               r'No route to host|Network is unreachable|No such file or directory|'
+                               r'Name or service not known', re.I),
+     'cannot reach %(where)s: %(detail)s'),
+    ('too_many_connections', re.compile(r'too many clients|remaining connection slots', re.I),
+     'the server at %(where)s accepts no more connections'),
+    ('starting_up', re.compile(r'the database system is (starting up|shutting down|in recovery mode)', re.I),
+     'the server at %(where)s is not accepting connections yet: %(detail)s'),
+)
+
+
+def scrub(text, secrets):
+    """Remove every secret from a text (defence in depth: libpq does not echo passwords)."""
+    text = str(text)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, '********')
+    return text
+
+
+def classify_error(exc, spec, dbname=None):
+    """Turn a psycopg connection error into a ConnectionFailure with a short, specific message."""
+    raw = scrub(str(exc).strip(), [spec.password])
+    detail = raw.splitlines()[-1] if raw else exc.__class__.__name__
+    for line in raw.splitlines():
+        if 'FATAL' in line or 'error' in line.lower():
+            detail = line.split('FATAL:', 1)[-1].strip()
+            break
+    where = '%s:%s' % (spec.host or 'local socket', spec.port)
+    values = {'who': 'user "%s"' % (spec.user or ''), 'db': dbname or spec.dbname, 'where': where, 'detail': detail}
+    for kind, pattern, template in _FAILURE_PATTERNS:
+        if pattern.search(raw):
+            if kind == 'auth_failed' and 'does not exist' in raw and 'role' in raw:
+                return ConnectionFailure(kind, 'authentication failed for %(who)s at %(where)s: role does not exist' % values)
+            if kind == 'auth_failed':
+                return ConnectionFailure(kind, 'authentication failed for %(who)s at %(where)s' % values)
+            return ConnectionFailure(kind, template % values)
+    return ConnectionFailure('error', 'cannot connect to %s: %s' % (where, detail))
+
+
+def connect(spec, dbname=None, autocommit=True, application_name=APPLICATION_NAME, replication=None, **kwargs):
+    """Open a psycopg connection; any failure becomes a ConnectionFailure."""
+    require_psycopg()
+    target_db = dbname or spec.dbname
+    try:
+        conn = psycopg.connect(autocommit=autocommit, **spec.connect_kwargs(target_db, application_name, replication), **kwargs)
+    except psycopg.OperationalError as exc:
+        raise classify_error(exc, spec, target_db) from None
+    return conn
+
+
+def server_version_num(conn):
+    return conn.info.server_version
+
+
+def query_all(conn, query, params=None):
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+        return cur.fetchall() if cur.description else []
+
+
+def query_one(conn, query, params=None):
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+        return cur.fetchone() if cur.description else None
+
+
+def query_value(conn, query, params=None):
+    row = query_one(conn, query, params)
+    return row[0] if row else None
+
+
+def ident(*names):
+    """A (possibly qualified) identifier composed safely."""
+    return sql.Identifier(*names)
