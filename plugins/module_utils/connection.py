@@ -24,6 +24,8 @@ except ImportError:  # pragma: no cover - exercised only on hosts without psycop
     PSYCOPG_IMPORT_ERROR = traceback.format_exc()
 
 APPLICATION_NAME = 'pgdts'
+# Sessions that write to a destination the task protects (default_transaction_read_only = on for everyone else).
+WRITER_OPTIONS = '-c default_transaction_read_only=off'
 
 # Option name -> (libpq keyword, environment variable, default)
 SERVER_KEYS = {

@@ -111,7 +111,7 @@ class AnsibleRunner:
         cmd += list(args)
         run_env = self.env(env)
         run_env['PGDTS_RESULTS_FILE'] = results_file
-        proc = subprocess.run(cmd, env=run_env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, env=run_env, capture_output=True, text=True, timeout=timeout, check=False)
         with open(results_file) as handle:
             results = [json.loads(line) for line in handle if line.strip()]
         return PlaybookRun(proc.returncode, proc.stdout, proc.stderr, results)

@@ -1,0 +1,186 @@
+# -*- coding: utf-8 -*-
+# Copyright: pgdts developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Schema migration: destination databases, pre-data and post-data objects (pg_dump / pg_restore), sequences."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+
+from ansible_collections.pgdts.migration.plugins.module_utils.connection import (
+    WRITER_OPTIONS, connect, query_all, query_one, query_value, sql,
+)
+
+
+class SchemaError(Exception):
+    """A schema step failed; the message names the step and carries the client program's error."""
+
+
+def client_program(name, bindir=None, minimum_major=None):
+    """Path of a PostgreSQL client program: `bindir` if given, else the newest /usr/lib/postgresql/*/bin, else PATH."""
+    if bindir:
+        path = os.path.join(bindir, name)
+        if not os.path.exists(path):
+            raise SchemaError('%s not found in %s' % (name, bindir))
+        return path
+    candidates = []
+    for path in glob.glob('/usr/lib/postgresql/*/bin/%s' % name):
+        try:
+            candidates.append((int(path.split('/')[4]), path))
+        except ValueError:
+            continue
+    if candidates:
+        major, path = max(candidates)
+        if minimum_major is None or major >= minimum_major:
+            return path
+    found = shutil.which(name)
+    if not found:
+        raise SchemaError('%s is not installed on the worker host (install the PostgreSQL client package)' % name)
+    return found
+
+
+def _run(argv, env, what, stdin=None):
+    merged = dict(os.environ)
+    merged.update(env)
+    proc = subprocess.run(argv, env=merged, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+    if proc.returncode != 0:
+        err = proc.stderr.decode('utf-8', 'replace').strip().splitlines()
+        errors = [line for line in err if 'error' in line.lower()] or err
+        raise SchemaError('%s failed: %s' % (what, ' | '.join(errors[:5]) or 'exit code %d' % proc.returncode))
+    return proc
+
+
+def database_properties(conn, dbname):
+    """Encoding and locale of a source database, to create its destination twin alike."""
+    row = query_one(conn, "SELECT pg_catalog.pg_encoding_to_char(encoding), datcollate, datctype "
+                          "FROM pg_catalog.pg_database WHERE datname = %s", (dbname,))
+    if not row:
+        raise SchemaError('database "%s" does not exist on the source' % dbname)
+    return {'encoding': row[0], 'lc_collate': row[1], 'lc_ctype': row[2]}
+
+
+def database_exists(conn, dbname):
+    return bool(query_value(conn, 'SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s', (dbname,)))
+
+
+def ensure_database(dest_admin_conn, dbname, properties):
+    """Create `dbname` on the destination like the source's; returns True when created."""
+    if database_exists(dest_admin_conn, dbname):
+        return False
+    dest_admin_conn.execute(sql.SQL('CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}').format(
+        sql.Identifier(dbname), sql.Literal(properties['encoding']), sql.Literal(properties['lc_collate']),
+        sql.Literal(properties['lc_ctype'])))
+    return True
+
+
+def drop_database(dest_admin_conn, dbname):
+    dest_admin_conn.execute(sql.SQL('DROP DATABASE IF EXISTS {} WITH (FORCE)').format(sql.Identifier(dbname)))
+
+
+def quote_pattern(name):
+    """A name as a pg_dump pattern that matches exactly that name."""
+    return '"%s"' % name.replace('"', '""')
+
+
+def dump_arguments(all_tables, selected, whole_database):
+    """pg_dump selection arguments: whole database, or the schemas of the selected tables minus unselected tables."""
+    if whole_database:
+        return []
+    chosen = {t.qualified for t in selected}
+    schemas = sorted({t.schema for t in selected})
+    args = ['--extension=*']
+    for schema in schemas:
+        args.append('--schema=%s' % quote_pattern(schema))
+    for table in all_tables:
+        if table.schema in schemas and table.qualified not in chosen:
+            args.append('--exclude-table=%s.%s' % (quote_pattern(table.schema), quote_pattern(table.name)))
+    return args
+
+
+def dump_schema(source, dbname, snapshot, selection_args, out_path, keep_owners=False, bindir=None, server_major=None):
+    """Dump pre-data and post-data (custom format, one file) under the exported snapshot."""
+    argv = [client_program('pg_dump', bindir, server_major), '--schema-only', '--format=custom', '--file', out_path,
+            '--no-subscriptions', '--no-publications']
+    if snapshot:
+        argv += ['--snapshot', snapshot]
+    if not keep_owners:
+        argv += ['--no-owner', '--no-privileges']
+    argv += selection_args
+    _run(argv, source.libpq_env(dbname, 'pgdts-schema'), 'pg_dump of "%s"' % dbname)
+
+
+def restore_section(destination, dbname, dump_path, section, jobs=1, clean=False, keep_owners=False, bindir=None):
+    """pg_restore one section of the dump into the destination database."""
+    argv = [client_program('pg_restore', bindir), '--section', section, '--dbname', dbname, '--exit-on-error']
+    if jobs and jobs > 1 and section == 'post-data':
+        argv += ['--jobs', str(jobs)]
+    if clean:
+        argv += ['--clean', '--if-exists']
+    if not keep_owners:
+        argv += ['--no-owner', '--no-privileges']
+    argv.append(dump_path)
+    env = destination.libpq_env(dbname, 'pgdts-schema')
+    env.pop('PGDATABASE', None)
+    env['PGOPTIONS'] = WRITER_OPTIONS
+    _run(argv, env, 'restoring %s of "%s"' % (section, dbname))
+
+
+def dump_roles(source, out_path, bindir=None):
+    """Roles of the source instance (pg_dumpall --roles-only), without passwords unless superuser access allows."""
+    argv = [client_program('pg_dumpall', bindir), '--roles-only', '--file', out_path]
+    env = source.libpq_env(source.dbname, 'pgdts-schema')
+    _run(argv, env, 'pg_dumpall --roles-only')
+
+
+def restore_roles(destination, roles_sql_path, bindir=None):
+    """Apply a roles script; roles that already exist are left as they are (errors for them are tolerated)."""
+    argv = [client_program('psql', bindir), '--no-psqlrc', '--quiet', '--file', roles_sql_path]
+    env = destination.libpq_env(destination.dbname, 'pgdts-schema')
+    merged = dict(os.environ)
+    merged.update(env)
+    subprocess.run(argv, env=merged, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+
+def read_sequences(conn, sequences):
+    """(schema, name) -> (last_value, is_called) read in the connection's current snapshot."""
+    values = {}
+    for schema, name in sequences:
+        row = query_one(conn, sql.SQL('SELECT last_value, is_called FROM {}').format(sql.Identifier(schema, name)))
+        values[(schema, name)] = (row[0], row[1])
+    return values
+
+
+def write_sequences(conn, values):
+    """Set destination sequences; returns the list of what was set."""
+    done = []
+    for (schema, name), (last_value, is_called) in sorted(values.items()):
+        conn.execute('SELECT pg_catalog.setval(%s::regclass, %s, %s)',
+                     (sql.Identifier(schema, name).as_string(conn), last_value, is_called))
+        done.append({'schema': schema, 'sequence': name, 'last_value': last_value, 'is_called': is_called})
+    return done
+
+
+def sync_sequences(source, destination, dbname, schemas=None):
+    """Copy every sequence value of the selected schemas from source to destination."""
+    from ansible_collections.pgdts.migration.plugins.module_utils.catalog import list_sequences
+    with connect(source, dbname, application_name='pgdts-sequences') as src:
+        seqs = [(s, n) for s, n, _owner in list_sequences(src, schemas)]
+        values = read_sequences(src, seqs)
+    with connect(destination, dbname, application_name='pgdts-sequences', options=WRITER_OPTIONS) as dst:
+        existing = {(r[0], r[1]) for r in query_all(dst, "SELECT schemaname, sequencename FROM pg_catalog.pg_sequences")}
+        return write_sequences(dst, {k: v for k, v in values.items() if k in existing})
+
+
+def analyze_database(destination, dbname):
+    with connect(destination, dbname, application_name='pgdts-analyze', options=WRITER_OPTIONS) as conn:
+        conn.execute('ANALYZE')
+
+
+def temp_dump_path(directory, dbname_tag):
+    fd, path = tempfile.mkstemp(prefix='schema-%s-' % dbname_tag, suffix='.dump', dir=directory)
+    os.close(fd)
+    return path

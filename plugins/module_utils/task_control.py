@@ -1,0 +1,394 @@
+# -*- coding: utf-8 -*-
+# Copyright: pgdts developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What the modules do with a task: start, report, resume, wait for, cancel. Plain Python; modules stay thin."""
+
+from __future__ import annotations
+
+import datetime
+import time
+
+from ansible_collections.pgdts.migration.plugins.module_utils import catalog, task_state, worker
+from ansible_collections.pgdts.migration.plugins.module_utils.connection import (
+    ConnectionFailure, connect, query_value,
+)
+from ansible_collections.pgdts.migration.plugins.module_utils.task_state import TaskStore, lsn_int
+
+# Options that define what a task migrates: a re-run with other values names a different task.
+IDENTITY_KEYS = ('tables', 'exclude_tables', 'plugin', 'incremental')
+SPEC_KEYS = ('databases', 'tables', 'exclude_tables', 'plugin', 'incremental', 'jobs', 'start_at',
+             'protect_destination', 'migrate_roles', 'retry_timeout')
+
+
+class TaskControlError(Exception):
+    def __init__(self, message, **result):
+        super().__init__(message)
+        self.message = message
+        self.result = result
+
+
+def _role_failure(role, exc):
+    return TaskControlError('%s: %s' % (role, exc.message), failure=exc.kind)
+
+
+class TaskControl:
+    def __init__(self, params, source, destination, check_mode=False):
+        try:
+            self.name = task_state.validate_task_name(params['name'])
+        except task_state.TaskNameError as exc:
+            raise TaskControlError(str(exc))
+        self.params = params
+        self.source = source
+        self.destination = destination
+        self.check_mode = check_mode
+        self.paths = worker.TaskPaths(params.get('worker_dir') or '~/.pgdts', self.name)
+
+    # -- helpers -------------------------------------------------------------------------------------------------
+    def open_store(self, create):
+        store = TaskStore(self.destination, 'pgdts-module')
+        try:
+            if not store.open(create=create):
+                return None
+        except ConnectionFailure as exc:
+            raise _role_failure('destination', exc)
+        return store
+
+    def source_lsn(self):
+        try:
+            with connect(self.source, application_name='pgdts-module') as conn:
+                return lsn_int(query_value(conn, 'SELECT pg_catalog.pg_current_wal_flush_lsn()::text'))
+        except ConnectionFailure:
+            return None
+
+    def report(self, store, include_tables=True):
+        lsn = self.source_lsn()
+        databases = [d['dbname'] for d in store.databases(self.name)]
+        return task_state.task_report(store, self.name, {d: lsn for d in databases} if lsn else None, include_tables)
+
+    def result(self, store, changed, action, msg, **extra):
+        task = self.report(store) if store is not None else None
+        out = {'changed': changed, 'action': action, 'msg': msg, 'task': task}
+        if task is not None:
+            out['diff'] = {'before': {'stage': extra.pop('before_stage', task['stage'])},
+                           'after': {'stage': extra.pop('after_stage', task['stage'])}}
+        out['worker_log'] = self.paths.log
+        out.update(extra)
+        return out
+
+    def spec(self, databases, start_at):
+        spec = {k: self.params.get(k) for k in SPEC_KEYS}
+        spec.update(name=self.name, databases=databases, start_at=start_at,
+                    source=self.source.public_dict(), destination=self.destination.public_dict())
+        return spec
+
+    def check_identity(self, task):
+        spec = task['spec'] or {}
+        clashes = [k for k in IDENTITY_KEYS if self.params.get(k) is not None and spec.get(k) != self.params.get(k)]
+        if self.params.get('databases') and sorted(self.params['databases']) != sorted(spec.get('databases') or []):
+            clashes.append('databases')
+        src = spec.get('source') or {}
+        if (src.get('host'), src.get('port')) != (self.source.host, self.source.port):
+            clashes.append('source')
+        if clashes:
+            raise TaskControlError('task name "%s" is already used by another task (different %s); choose another name '
+                                   'or cancel that task first' % (self.name, ', '.join(clashes)))
+
+    def start_at(self):
+        value = self.params.get('start_at')
+        if not value:
+            return None
+        try:
+            return worker.parse_time(value).isoformat()
+        except ValueError:
+            raise TaskControlError('start_at %r is not an ISO 8601 time such as 2026-12-01T02:00:00+01:00' % value)
+
+    def resolve_databases(self):
+        if self.params.get('databases'):
+            return list(self.params['databases'])
+        try:
+            with connect(self.source, application_name='pgdts-module') as conn:
+                return [d for d in catalog.list_databases(conn) if d != task_state.STATE_DATABASE]
+        except ConnectionFailure as exc:
+            raise _role_failure('source', exc)
+
+    def spawn(self, store):
+        worker.prepare_task_dir(self.paths, store.get_task(self.name)['spec'], self.source, self.destination)
+        try:
+            return worker.spawn_worker(self.paths, self.params.get('worker_python'))
+        except RuntimeError as exc:
+            raise TaskControlError('could not start the worker: %s' % exc, task=self.report(store))
+
+    # -- present -------------------------------------------------------------------------------------------------
+    def ensure(self):
+        start_at = self.start_at()
+        if self.params.get('jobs') is not None and self.params['jobs'] < 1:
+            raise TaskControlError('jobs must be at least 1')
+        store = self.open_store(create=False)
+        task = store.get_task(self.name) if store else None
+        if task and task['stage'] != 'cancelled':
+            self.check_identity(task)
+            if task['stage'] == 'finished':
+                return self.result(store, False, 'none', 'task %s is finished' % self.name)
+            pid = worker.worker_pid(self.paths)
+            if pid:
+                return self.result(store, False, 'reported', 'task %s is running (worker pid %s)' % (self.name, pid))
+            before = task['stage']
+            if self.check_mode:
+                return self.result(store, True, 'resumed', 'task %s would be resumed' % self.name)
+            if store.get_task(self.name)['stage'] == 'failed':
+                store.add_log(self.name, 'resume requested after failure')
+            self.spawn(store)
+            return self.result(store, True, 'resumed', 'task %s resumed from stage %s' % (self.name, before),
+                               before_stage=before)
+        databases = self.resolve_databases()
+        from ansible_collections.pgdts.migration.plugins.module_utils import checks as checks_mod
+        items = checks_mod.run_checks(self.source, self.destination, self.name, databases=databases,
+                                      tables=self.params.get('tables'), exclude_tables=self.params.get('exclude_tables'),
+                                      plugin=self.params.get('plugin', 'pgoutput'),
+                                      incremental=self.params.get('incremental', True), resuming=False)
+        failed = [c for c in items if c['status'] == 'failed']
+        if failed:
+            raise TaskControlError('task %s not started: %d check(s) failed: %s' % (
+                self.name, len(failed), '; '.join('%s: %s' % (c['id'], c['message']) for c in failed)),
+                checks=items, summary=checks_mod.summarize(items))
+        if self.check_mode:
+            return {'changed': True, 'action': 'started', 'msg': 'task %s would be started' % self.name,
+                    'checks': items, 'task': None, 'diff': {'before': {'stage': None}, 'after': {'stage': 'schema'}}}
+        store = store or self.open_store(create=True)
+        if store.conn is None or not store.has_tables():
+            store.close()
+            store = self.open_store(create=True)
+        if task and task['stage'] == 'cancelled':
+            store.delete_task(self.name)
+        stage = 'scheduled' if start_at else 'schema'
+        import psycopg
+        try:
+            store.create_task(self.name, self.spec(databases, start_at), stage)
+        except psycopg.errors.UniqueViolation:
+            return self.result(store, False, 'reported', 'task %s was started by another run' % self.name)
+        self.spawn(store)
+        return self.result(store, True, 'started', 'task %s started' % self.name, checks=items,
+                           before_stage=None)
+
+    # -- wait ----------------------------------------------------------------------------------------------------
+    def wait(self, result, target, timeout, sleep):
+        store = self.open_store(create=False)
+        deadline = time.time() + timeout
+        goal_lsn = None
+        while True:
+            report = self.report(store)
+            stage = report['stage']
+            if stage == 'failed':
+                raise TaskControlError('task %s failed at stage %s: %s' % (
+                    self.name, (report['error'] or {}).get('stage'), (report['error'] or {}).get('message')),
+                    task=report, changed=result.get('changed', False))
+            if stage in ('cancelled',):
+                raise TaskControlError('task %s was cancelled' % self.name, task=report)
+            if target == 'copied' and stage in ('sync', 'finishing', 'finished'):
+                break
+            if target == 'synced':
+                if stage == 'finished':
+                    break
+                if stage == 'sync':
+                    if goal_lsn is None:
+                        goal_lsn = self.source_lsn()
+                    synced = [lsn_int(d['synced_lsn']) for d in report['databases']]
+                    if goal_lsn is not None and synced and all(s is not None and s >= goal_lsn for s in synced):
+                        break
+            if time.time() >= deadline:
+                raise TaskControlError('timed out after %d s waiting for task %s to be %s (stage %s); the task keeps '
+                                       'running' % (timeout, self.name, target, stage), task=report,
+                                       changed=result.get('changed', False))
+            time.sleep(max(0.2, sleep))
+        result = dict(result)
+        result['task'] = report
+        return result
+
+    # -- absent --------------------------------------------------------------------------------------------------
+    def cancel(self):
+        store = self.open_store(create=False)
+        task = store.get_task(self.name) if store else None
+        if task is None:
+            return {'changed': False, 'action': 'none', 'msg': 'task %s does not exist' % self.name, 'task': None}
+        if task['stage'] in ('cancelled', 'finished'):
+            return self.result(store, False, 'none', 'task %s is already %s' % (self.name, task['stage']))
+        if self.check_mode:
+            return self.result(store, True, 'cancelled', 'task %s would be cancelled' % self.name,
+                               after_stage='cancelled')
+        before = task['stage']
+        store.set_request(self.name, 'cancel')
+        worker.stop_worker(self.paths, timeout=60)
+        databases = store.databases(self.name)
+        tables = {}
+        for row in store.tables(self.name):
+            tables.setdefault(row['database'], []).append((row['schema'], row['table']))
+        names = [d['dbname'] for d in databases] or list((task['spec'] or {}).get('databases') or [])
+        try:
+            done = worker.release_task_objects(
+                self.source, self.destination, self.name, names,
+                drop_destination=self.params.get('drop_destination', False),
+                created_databases=[d['dbname'] for d in databases if d['created_database']], tables=tables)
+        except ConnectionFailure as exc:
+            raise TaskControlError('cancel of %s stopped the worker but could not clean up: %s' % (self.name, exc.message))
+        store.finish_task(self.name, 'cancelled', {'cancelled_at': datetime.datetime.now(datetime.timezone.utc),
+                                                   'cleanup': done, 'stage_before': before})
+        worker.remove_task_dir(self.paths)
+        return self.result(store, True, 'cancelled', 'task %s cancelled at stage %s' % (self.name, before),
+                           before_stage=before)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Finish: fence, catch up, sequences, compare, end the sync
+
+def _fence_sql(dbname, on):
+    from ansible_collections.pgdts.migration.plugins.module_utils.connection import sql
+    if on:
+        return sql.SQL('ALTER DATABASE {} SET default_transaction_read_only = on').format(sql.Identifier(dbname))
+    return sql.SQL('ALTER DATABASE {} RESET default_transaction_read_only').format(sql.Identifier(dbname))
+
+
+class Finisher:
+    """The cutover of one task (used by pg_dts_finish)."""
+
+    def __init__(self, control, params):
+        self.control = control
+        self.params = params
+        self.name = control.name
+        self.fenced = []
+
+    def log(self, store, message):
+        store.add_log(self.name, message)
+
+    def fence(self, databases):
+        with connect(self.control.source, application_name='pgdts-finish') as conn:
+            for dbname in databases:
+                conn.execute(_fence_sql(dbname, True))
+                self.fenced.append(dbname)
+            pids = [r[0] for r in conn.execute(
+                "SELECT pid FROM pg_catalog.pg_stat_activity WHERE datname = ANY(%s) AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend' AND coalesce(application_name, '') NOT LIKE 'pgdts%%'",
+                (databases,)).fetchall()]
+            for pid in pids:
+                conn.execute('SELECT pg_catalog.pg_terminate_backend(%s)', (pid,))
+            deadline = time.time() + 10
+            while pids and time.time() < deadline:
+                left = conn.execute('SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = ANY(%s)',
+                                    (pids,)).fetchone()[0]
+                if not left:
+                    break
+                time.sleep(0.05)
+            return lsn_int(query_value(conn, 'SELECT pg_catalog.pg_current_wal_insert_lsn()::text')), len(pids)
+
+    def lift_fence(self):
+        if not self.fenced:
+            return
+        with connect(self.control.source, application_name='pgdts-finish') as conn:
+            for dbname in self.fenced:
+                conn.execute(_fence_sql(dbname, False))
+        self.fenced = []
+
+    def wait_applied(self, store, target, timeout):
+        deadline = time.time() + timeout
+        while True:
+            rows = store.databases(self.name)
+            task = store.get_task(self.name)
+            if task['stage'] == 'failed':
+                raise TaskControlError('task %s failed while catching up: %s' % (
+                    self.name, (task['error'] or {}).get('message')), task=self.control.report(store))
+            if all(lsn_int(r['synced_lsn']) is not None and lsn_int(r['synced_lsn']) >= target for r in rows):
+                return
+            if time.time() >= deadline:
+                raise TaskControlError('timed out after %d s waiting for the destination to apply everything up to %s'
+                                       % (timeout, task_state.lsn_text(target)), task=self.control.report(store))
+            time.sleep(0.1)
+
+    def compare(self, store, databases):
+        from ansible_collections.pgdts.migration.plugins.module_utils import compare as compare_mod
+        mode = self.params.get('compare', 'checksum')
+        results = []
+        for dbname in databases:
+            wanted = {(r['schema'], r['table']) for r in store.tables(self.name, dbname)}
+            with connect(self.control.source, dbname, application_name='pgdts-compare') as conn:
+                tables = [t for t in catalog.load_tables(conn, dbname) if (t.schema, t.name) in wanted and t.has_storage]
+            results.extend(compare_mod.compare_tables(self.control.source, self.control.destination, dbname, tables,
+                                                      mode=mode, jobs=int(self.params.get('jobs') or 4)))
+        return results, compare_mod.summarize(results)
+
+    def run(self):
+        control = self.control
+        store = control.open_store(create=False)
+        task = store.get_task(self.name) if store else None
+        if task is None:
+            raise TaskControlError('task %s does not exist on the destination; nothing to finish' % self.name)
+        if task['stage'] == 'finished':
+            return control.result(store, False, 'none', 'task %s is already finished' % self.name,
+                                  **(task['summary'] or {}).get('finish', {}))
+        if task['stage'] not in ('sync', 'finishing'):
+            detail = ''
+            if task['stage'] == 'failed':
+                detail = ': %s' % (task['error'] or {}).get('message')
+            raise TaskControlError('task %s is at stage %s%s; finish needs a task in incremental sync' % (
+                self.name, task['stage'], detail), task=control.report(store))
+        if control.check_mode:
+            return control.result(store, True, 'finished', 'task %s would be finished' % self.name,
+                                  after_stage='finished')
+        if not worker.worker_pid(control.paths):
+            control.spawn(store)
+        databases = [d['dbname'] for d in store.databases(self.name)]
+        fence = self.params.get('fence', 'read_only')
+        started = time.time()
+        terminated = 0
+        try:
+            if fence == 'read_only':
+                target, terminated = self.fence(databases)
+            else:
+                target = control.source_lsn()
+            store.set_stage(self.name, 'finishing')
+            store.set_request(self.name, 'finish', target)
+            self.log(store, 'finish: %s, waiting for the destination to apply up to %s' % (
+                'source fenced read-only' if fence == 'read_only' else 'no fence', task_state.lsn_text(target)))
+            self.wait_applied(store, target, int(self.params.get('wait_timeout') or 600))
+            sequences = []
+            if self.params.get('sync_sequences', True):
+                from ansible_collections.pgdts.migration.plugins.module_utils import schema
+                for dbname in databases:
+                    schemas = sorted({r['schema'] for r in store.tables(self.name, dbname)})
+                    for item in schema.sync_sequences(control.source, control.destination, dbname, schemas):
+                        item['database'] = dbname
+                        sequences.append(item)
+            comparison, summary = ([], None)
+            if self.params.get('compare', 'checksum') != 'none':
+                comparison, summary = self.compare(store, databases)
+            if summary and (summary.get('mismatch') or summary.get('error')):
+                message = 'data comparison found %d mismatched and %d failed table(s): %s' % (
+                    summary.get('mismatch', 0), summary.get('error', 0),
+                    ', '.join('%s.%s.%s' % (c['database'], c['schema'], c['table']) for c in comparison
+                              if c['result'] != 'match'))
+                if self.params.get('on_mismatch', 'fail') == 'fail':
+                    raise TaskControlError('task %s not finished: %s; the sync keeps running' % (self.name, message),
+                                           comparison=comparison, comparison_summary=summary)
+                self.log(store, 'finish: %s (on_mismatch=warn)' % message)
+        except TaskControlError as exc:
+            self.lift_fence()
+            store.set_request(self.name, None)
+            store.set_stage(self.name, 'sync')
+            exc.result.setdefault('task', control.report(store))
+            raise
+        except Exception:
+            self.lift_fence()
+            store.set_request(self.name, None)
+            store.set_stage(self.name, 'sync')
+            raise
+        store.set_request(self.name, 'stop')
+        worker.stop_worker(control.paths, timeout=60)
+        worker.release_task_objects(control.source, control.destination, self.name, databases)
+        if not self.params.get('keep_source_fence', True):
+            self.lift_fence()
+        downtime = round(time.time() - started, 3) if fence == 'read_only' else None
+        finish = {'final_lsn': task_state.lsn_text(target), 'sequences': sequences, 'comparison': comparison,
+                  'comparison_summary': summary, 'downtime_seconds': downtime, 'terminated_sessions': terminated,
+                  'source_fenced': bool(self.fenced)}
+        store.finish_task(self.name, 'finished', {'finish': finish})
+        store.add_log(self.name, 'finished: sync ended, slots, publications and origins dropped')
+        worker.remove_task_dir(control.paths)
+        return control.result(store, True, 'finished', 'task %s finished' % self.name, before_stage='sync', **finish)

@@ -1,0 +1,360 @@
+# -*- coding: utf-8 -*-
+# Copyright: pgdts developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Task names, the names of the objects a task owns, and the task's durable state."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+TASK_NAME_RE = re.compile(r'^[a-z][a-z0-9_]{0,39}$')
+STATE_DATABASE = 'pgdts'
+STATE_SCHEMA = 'pgdts'
+STAGES = ('scheduled', 'schema', 'copy', 'index', 'sync', 'finishing', 'finished', 'failed', 'cancelled')
+ACTIVE_STAGES = ('scheduled', 'schema', 'copy', 'index', 'sync', 'finishing')
+END_STAGES = ('finished', 'cancelled')
+
+
+class TaskNameError(ValueError):
+    pass
+
+
+def validate_task_name(name):
+    if not isinstance(name, str) or not TASK_NAME_RE.match(name):
+        raise TaskNameError('task name %r must start with a lower-case letter and hold only lower-case letters, digits '
+                            'and underscores, at most 40 characters (it names replication slots)' % (name,))
+    return name
+
+
+def database_tag(dbname):
+    """8 hex digits that stand for a database in object names (database names may hold any character)."""
+    return hashlib.sha256(dbname.encode('utf-8')).hexdigest()[:8]
+
+
+def object_name(task, dbname):
+    """Name of the slot, publication and origin of `task` for source database `dbname`."""
+    return 'pgdts_%s_%s' % (validate_task_name(task), database_tag(dbname))
+
+
+def object_name_re(task):
+    """Regex matching every object name of `task` (and of no other task)."""
+    return re.compile(r'^pgdts_%s_[0-9a-f]{8}$' % re.escape(validate_task_name(task)))
+
+
+def temporary_slot_name(task, dbname, attempt):
+    return 'pgdts_%s_%s_t%d' % (validate_task_name(task), database_tag(dbname), attempt)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Durable state on the destination: database `pgdts`, schema `pgdts`.
+
+import datetime  # noqa: E402  (kept beside the code that uses it)
+import json  # noqa: E402
+
+from ansible_collections.pgdts.migration.plugins.module_utils.connection import (  # noqa: E402
+    WRITER_OPTIONS, connect, query_all, query_one, sql,
+)
+
+_STATE_DDL = (
+    "CREATE SCHEMA IF NOT EXISTS pgdts",
+    """CREATE TABLE IF NOT EXISTS pgdts.task (
+        name text PRIMARY KEY,
+        spec jsonb NOT NULL,
+        stage text NOT NULL,
+        error jsonb,
+        request text,
+        request_lsn pg_lsn,
+        worker_host text,
+        worker_pid integer,
+        heartbeat timestamptz,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        started_at timestamptz,
+        stage_changed_at timestamptz NOT NULL DEFAULT now(),
+        finished_at timestamptz,
+        summary jsonb,
+        log jsonb NOT NULL DEFAULT '[]')""",
+    """CREATE TABLE IF NOT EXISTS pgdts.task_database (
+        task text NOT NULL REFERENCES pgdts.task (name) ON DELETE CASCADE,
+        dbname text NOT NULL,
+        object_name text NOT NULL,
+        created_database boolean NOT NULL DEFAULT false,
+        slot_lsn pg_lsn,
+        schema_dump bytea,
+        schema_done boolean NOT NULL DEFAULT false,
+        index_done boolean NOT NULL DEFAULT false,
+        synced_lsn pg_lsn,
+        source_lsn pg_lsn,
+        applied_transactions bigint NOT NULL DEFAULT 0,
+        applied_changes bigint NOT NULL DEFAULT 0,
+        last_commit_time timestamptz,
+        caught_up_at timestamptz,
+        tps double precision,
+        PRIMARY KEY (task, dbname))""",
+    """CREATE TABLE IF NOT EXISTS pgdts.task_table (
+        task text NOT NULL REFERENCES pgdts.task (name) ON DELETE CASCADE,
+        dbname text NOT NULL,
+        schema_name text NOT NULL,
+        table_name text NOT NULL,
+        state text NOT NULL DEFAULT 'pending',
+        est_rows bigint NOT NULL DEFAULT 0,
+        est_bytes bigint NOT NULL DEFAULT 0,
+        rows bigint NOT NULL DEFAULT 0,
+        bytes bigint NOT NULL DEFAULT 0,
+        copy_lsn pg_lsn,
+        started_at timestamptz,
+        finished_at timestamptz,
+        PRIMARY KEY (task, dbname, schema_name, table_name))""",
+)
+
+
+def lsn_text(value):
+    """int -> 'X/Y' (None stays None)."""
+    if value is None:
+        return None
+    return '%X/%X' % (value >> 32, value & 0xFFFFFFFF)
+
+
+def lsn_int(text):
+    if text is None:
+        return None
+    high, low = str(text).split('/')
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+class TaskStore:
+    """Reads and writes the durable state of tasks on the destination (autocommit; one row per change)."""
+
+    def __init__(self, destination, application_name='pgdts-state'):
+        self.destination = destination
+        self.application_name = application_name
+        self.conn = None
+
+    # -- set-up --------------------------------------------------------------------------------------------------
+    @staticmethod
+    def exists(destination):
+        with connect(destination, application_name='pgdts-state') as conn:
+            return bool(query_one(conn, 'SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s', (STATE_DATABASE,)))
+
+    def open(self, create=True):
+        """Connect to the state database, creating it and its tables when `create`; returns False when absent."""
+        if create:
+            with connect(self.destination, application_name=self.application_name) as admin:
+                if not query_one(admin, 'SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s', (STATE_DATABASE,)):
+                    admin.execute(sql.SQL('CREATE DATABASE {}').format(sql.Identifier(STATE_DATABASE)))
+        elif not self.exists(self.destination):
+            return False
+        self.conn = connect(self.destination, STATE_DATABASE, application_name=self.application_name,
+                            options=WRITER_OPTIONS)
+        if create:
+            for ddl in _STATE_DDL:
+                self.conn.execute(ddl)
+        return True
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def has_tables(self):
+        return bool(query_one(self.conn, "SELECT to_regclass('pgdts.task') IS NOT NULL")[0])
+
+    # -- tasks ---------------------------------------------------------------------------------------------------
+    def get_task(self, name):
+        if not self.has_tables():
+            return None
+        row = query_one(self.conn, """
+            SELECT name, spec, stage, error, request, request_lsn::text, worker_host, worker_pid, heartbeat, created_at,
+                   started_at, stage_changed_at, finished_at, summary, log
+              FROM pgdts.task WHERE name = %s""", (name,))
+        if not row:
+            return None
+        keys = ('name', 'spec', 'stage', 'error', 'request', 'request_lsn', 'worker_host', 'worker_pid', 'heartbeat',
+                'created_at', 'started_at', 'stage_changed_at', 'finished_at', 'summary', 'log')
+        return dict(zip(keys, row))
+
+    def create_task(self, name, spec, stage):
+        self.conn.execute('INSERT INTO pgdts.task (name, spec, stage) VALUES (%s, %s, %s)',
+                          (name, json.dumps(spec), stage))
+
+    def delete_task(self, name):
+        self.conn.execute('DELETE FROM pgdts.task WHERE name = %s', (name,))
+
+    def set_stage(self, name, stage, error=None, clear_error=False):
+        if error is not None:
+            self.conn.execute('UPDATE pgdts.task SET stage = %s, error = %s, stage_changed_at = now() WHERE name = %s',
+                              (stage, json.dumps(error), name))
+        elif clear_error:
+            self.conn.execute('UPDATE pgdts.task SET stage = %s, error = NULL, stage_changed_at = now() WHERE name = %s',
+                              (stage, name))
+        else:
+            self.conn.execute('UPDATE pgdts.task SET stage = %s, stage_changed_at = now() WHERE name = %s',
+                              (stage, name))
+
+    def set_request(self, name, request, lsn=None):
+        self.conn.execute('UPDATE pgdts.task SET request = %s, request_lsn = %s::pg_lsn WHERE name = %s',
+                          (request, lsn_text(lsn) if isinstance(lsn, int) else lsn, name))
+
+    def set_started(self, name):
+        self.conn.execute('UPDATE pgdts.task SET started_at = coalesce(started_at, now()) WHERE name = %s', (name,))
+
+    def heartbeat(self, name, host, pid):
+        self.conn.execute('UPDATE pgdts.task SET heartbeat = now(), worker_host = %s, worker_pid = %s WHERE name = %s',
+                          (host, pid, name))
+
+    def add_log(self, name, message):
+        entry = {'at': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'), 'message': message}
+        self.conn.execute("UPDATE pgdts.task SET log = (log || %s::jsonb) WHERE name = %s",
+                          (json.dumps([entry]), name))
+
+    def finish_task(self, name, stage, summary):
+        self.conn.execute('UPDATE pgdts.task SET stage = %s, summary = %s, finished_at = now(), request = NULL, '
+                          'stage_changed_at = now() WHERE name = %s', (stage, json.dumps(summary, default=str), name))
+
+    # -- databases -----------------------------------------------------------------------------------------------
+    def ensure_database_row(self, task, dbname, object_name):
+        self.conn.execute('INSERT INTO pgdts.task_database (task, dbname, object_name) VALUES (%s, %s, %s) '
+                          'ON CONFLICT DO NOTHING', (task, dbname, object_name))
+
+    def databases(self, task):
+        rows = query_all(self.conn, """
+            SELECT dbname, object_name, created_database, slot_lsn::text, schema_done, index_done, synced_lsn::text,
+                   source_lsn::text, applied_transactions, applied_changes, last_commit_time, caught_up_at, tps
+              FROM pgdts.task_database WHERE task = %s ORDER BY dbname""", (task,))
+        keys = ('dbname', 'object_name', 'created_database', 'slot_lsn', 'schema_done', 'index_done', 'synced_lsn',
+                'source_lsn', 'applied_transactions', 'applied_changes', 'last_commit_time', 'caught_up_at', 'tps')
+        return [dict(zip(keys, r)) for r in rows]
+
+    def update_database(self, task, dbname, **values):
+        casts = {'slot_lsn': '::pg_lsn', 'synced_lsn': '::pg_lsn', 'source_lsn': '::pg_lsn'}
+        assignments = sql.SQL(', ').join(
+            sql.SQL('{} = %s' + casts.get(key, '')).format(sql.Identifier(key)) for key in values)
+        params = [lsn_text(v) if k in casts and isinstance(v, int) else v for k, v in values.items()]
+        self.conn.execute(sql.SQL('UPDATE pgdts.task_database SET {} WHERE task = %s AND dbname = %s').format(assignments),
+                          params + [task, dbname])
+
+    def schema_dump(self, task, dbname):
+        row = query_one(self.conn, 'SELECT schema_dump FROM pgdts.task_database WHERE task = %s AND dbname = %s',
+                        (task, dbname))
+        return bytes(row[0]) if row and row[0] is not None else None
+
+    # -- tables --------------------------------------------------------------------------------------------------
+    def register_tables(self, task, dbname, tables):
+        with self.conn.cursor() as cur:
+            cur.executemany('INSERT INTO pgdts.task_table (task, dbname, schema_name, table_name, est_rows, est_bytes) '
+                            'VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING',
+                            [(task, dbname, t.schema, t.name, t.est_rows, t.size_bytes) for t in tables])
+
+    def tables(self, task, dbname=None):
+        rows = query_all(self.conn, """
+            SELECT dbname, schema_name, table_name, state, est_rows, est_bytes, rows, bytes, copy_lsn::text,
+                   started_at, finished_at
+              FROM pgdts.task_table WHERE task = %s AND (%s::text IS NULL OR dbname = %s)
+             ORDER BY dbname, schema_name, table_name""", (task, dbname, dbname))
+        keys = ('database', 'schema', 'table', 'state', 'est_rows', 'est_bytes', 'rows', 'bytes', 'copy_lsn',
+                'started_at', 'finished_at')
+        return [dict(zip(keys, r)) for r in rows]
+
+    def table_started(self, task, dbname, table):
+        self.conn.execute("UPDATE pgdts.task_table SET state = 'copying', started_at = now(), rows = 0, bytes = 0 "
+                          "WHERE task = %s AND dbname = %s AND schema_name = %s AND table_name = %s",
+                          (task, dbname, table.schema, table.name))
+
+    def table_progress(self, task, dbname, table, delta_bytes):
+        self.conn.execute('UPDATE pgdts.task_table SET bytes = bytes + %s '
+                          'WHERE task = %s AND dbname = %s AND schema_name = %s AND table_name = %s',
+                          (delta_bytes, task, dbname, table.schema, table.name))
+
+    def table_copied(self, task, dbname, table, rows, nbytes, copy_lsn):
+        self.conn.execute("UPDATE pgdts.task_table SET state = 'copied', rows = %s, bytes = %s, copy_lsn = %s::pg_lsn, "
+                          "finished_at = now() "
+                          "WHERE task = %s AND dbname = %s AND schema_name = %s AND table_name = %s",
+                          (rows, nbytes, lsn_text(copy_lsn), task, dbname, table.schema, table.name))
+
+    def reset_unfinished_tables(self, task, dbname):
+        self.conn.execute("UPDATE pgdts.task_table SET state = 'pending', rows = 0, bytes = 0, started_at = NULL "
+                          "WHERE task = %s AND dbname = %s AND state <> 'copied'", (task, dbname))
+
+
+def _iso(value):
+    return value.isoformat() if isinstance(value, (datetime.datetime, datetime.date)) else value
+
+
+def task_report(store, name, source_lsns=None, include_tables=True):
+    """What a user sees about a task: stage, per-table progress, totals with percent and ETA, lag, error.
+
+    source_lsns: {dbname: current source WAL flush position (int)} when the caller could read it; else the last
+    position the worker recorded is used.
+    """
+    task = store.get_task(name)
+    if task is None:
+        return None
+    tables = store.tables(name)
+    databases = store.databases(name)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    est_bytes = sum(max(t['est_bytes'], t['bytes']) for t in tables)
+    done_bytes = sum(t['bytes'] if t['state'] != 'copied' else max(t['bytes'], t['est_bytes']) for t in tables)
+    copied = sum(1 for t in tables if t['state'] == 'copied')
+    rows = sum(t['rows'] for t in tables)
+    if task['stage'] in ('index', 'sync', 'finishing', 'finished') or (tables and copied == len(tables)):
+        percent = 100.0
+    elif est_bytes:
+        percent = round(min(99.9, 100.0 * done_bytes / est_bytes), 1)
+    else:
+        percent = round(100.0 * copied / len(tables), 1) if tables else 0.0
+    eta = None
+    starts = [t['started_at'] for t in tables if t['started_at']]
+    if task['stage'] == 'copy' and starts and done_bytes:
+        elapsed = (now - min(starts)).total_seconds()
+        if elapsed > 0:
+            eta = round(max(0.0, (est_bytes - done_bytes) / (done_bytes / elapsed)), 1)
+    table_rows = []
+    for t in tables:
+        size = max(t['est_bytes'], t['bytes'])
+        pct = 100.0 if t['state'] == 'copied' else (round(min(99.9, 100.0 * t['bytes'] / size), 1) if size else 0.0)
+        table_rows.append({'database': t['database'], 'schema': t['schema'], 'table': t['table'], 'state': t['state'],
+                           'rows': t['rows'], 'bytes': t['bytes'], 'percent': pct, 'copy_lsn': t['copy_lsn']})
+    sync = []
+    for d in databases:
+        synced = lsn_int(d['synced_lsn'])
+        current = (source_lsns or {}).get(d['dbname']) or lsn_int(d['source_lsn'])
+        lag_bytes = max(0, current - synced) if synced is not None and current is not None else None
+        lag_seconds = None
+        if synced is not None:
+            if lag_bytes == 0 and d['caught_up_at'] is not None:
+                lag_seconds = 0.0
+            elif d['last_commit_time'] is not None:
+                lag_seconds = round(max(0.0, (now - d['last_commit_time']).total_seconds()), 3)
+            elif d['caught_up_at'] is not None:
+                lag_seconds = round(max(0.0, (now - d['caught_up_at']).total_seconds()), 3)
+        sync.append({'database': d['dbname'], 'slot': d['object_name'], 'synced_lsn': d['synced_lsn'],
+                     'source_lsn': lsn_text(current) if current is not None else None, 'lag_bytes': lag_bytes,
+                     'lag_seconds': lag_seconds, 'applied_transactions': d['applied_transactions'],
+                     'applied_changes': d['applied_changes'], 'transactions_per_second': round(d['tps'] or 0.0, 1),
+                     'last_commit_time': _iso(d['last_commit_time'])})
+    lags = [s['lag_bytes'] for s in sync if s['lag_bytes'] is not None]
+    lag_secs = [s['lag_seconds'] for s in sync if s['lag_seconds'] is not None]
+    report = {
+        'name': name, 'stage': task['stage'], 'error': task['error'], 'request': task['request'],
+        'created_at': _iso(task['created_at']), 'started_at': _iso(task['started_at']),
+        'finished_at': _iso(task['finished_at']), 'stage_changed_at': _iso(task['stage_changed_at']),
+        'worker': {'host': task['worker_host'], 'pid': task['worker_pid'], 'heartbeat': _iso(task['heartbeat'])},
+        'totals': {'tables': len(tables), 'tables_copied': copied, 'rows': rows, 'bytes': done_bytes,
+                   'estimated_bytes': est_bytes, 'percent': percent, 'eta_seconds': eta},
+        'lag_bytes': max(lags) if lags else None,
+        'lag_seconds': max(lag_secs) if lag_secs else None,
+        'transactions_per_second': round(sum(s['transactions_per_second'] for s in sync), 1) if sync else None,
+        'databases': sync,
+        'summary': task['summary'],
+        'log': (task['log'] or [])[-20:],
+        'spec': task['spec'],
+    }
+    if include_tables:
+        report['tables'] = table_rows
+    return report

@@ -1,0 +1,683 @@
+# -*- coding: utf-8 -*-
+# Copyright: pgdts developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The worker: a detached process that drives one task through its stages, and the code that starts it.
+
+One worker per task, guaranteed by an exclusive flock on `<worker_dir>/<task>/lock` held for the worker's life.
+The worker runs the engine code copied next to it (so it outlives the module's temporary files), reads its
+passwords from the 0600 `credentials.json`, and keeps its durable state on the destination (task_state).
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import fcntl
+import importlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+
+from ansible_collections.pgdts.migration.plugins.module_utils import catalog, schema, task_state
+from ansible_collections.pgdts.migration.plugins.module_utils.connection import (
+    WRITER_OPTIONS, ConnectionFailure, ServerSpec, connect, query_value, sql,
+)
+from ansible_collections.pgdts.migration.plugins.module_utils.copy import CopyError, ParallelCopy, plan_items, table_pages
+from ansible_collections.pgdts.migration.plugins.module_utils.task_state import TaskStore, lsn_int, lsn_text
+
+PACKAGE = 'ansible_collections.pgdts.migration.plugins.module_utils'
+ENGINE_MODULES = ('connection', 'catalog', 'checks', 'schema', 'copy', 'decoding', 'apply', 'task_state', 'worker',
+                  'compare')
+HEARTBEAT_SECONDS = 5
+WATCH_SECONDS = 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The worker directory
+
+class TaskPaths:
+    def __init__(self, worker_dir, task):
+        self.worker_dir = os.path.abspath(os.path.expanduser(worker_dir))
+        self.task_dir = os.path.join(self.worker_dir, task)
+        self.lock = os.path.join(self.task_dir, 'lock')
+        self.pid = os.path.join(self.task_dir, 'worker.pid')
+        self.log = os.path.join(self.task_dir, 'worker.log')
+        self.spec = os.path.join(self.task_dir, 'task.json')
+        self.credentials = os.path.join(self.task_dir, 'credentials.json')
+        self.lib = os.path.join(self.task_dir, 'lib')
+        self.work = os.path.join(self.task_dir, 'work')
+
+
+def _write_private(path, text):
+    """Write a file only its owner can read, atomically."""
+    tmp = path + '.tmp'
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, 'w') as handle:
+        handle.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def prepare_task_dir(paths, spec, source, destination):
+    """Create the task directory (0700), the engine code, the public spec and the 0600 credential file."""
+    os.makedirs(paths.worker_dir, mode=0o700, exist_ok=True)
+    os.makedirs(paths.task_dir, mode=0o700, exist_ok=True)
+    os.chmod(paths.task_dir, 0o700)
+    os.makedirs(paths.work, mode=0o700, exist_ok=True)
+    target = os.path.join(paths.lib, *PACKAGE.split('.'))
+    os.makedirs(target, exist_ok=True)
+    for name in ENGINE_MODULES:
+        module = importlib.import_module('%s.%s' % (PACKAGE, name))
+        source_text = module.__loader__.get_source(module.__name__)
+        with open(os.path.join(target, name + '.py'), 'w') as handle:
+            handle.write(source_text)
+    _write_private(paths.spec, json.dumps(spec, indent=2, sort_keys=True, default=str))
+    _write_private(paths.credentials, json.dumps({'source': source.to_dict(), 'destination': destination.to_dict()}))
+
+
+def remove_credentials(paths):
+    try:
+        os.unlink(paths.credentials)
+    except OSError:
+        pass
+
+
+def remove_task_dir(paths):
+    import shutil
+    shutil.rmtree(paths.task_dir, ignore_errors=True)
+
+
+def worker_pid(paths):
+    """The pid of the live worker of this task, or None. Decided by the lock, not by the pid file."""
+    if not os.path.exists(paths.lock):
+        return None
+    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                try:
+                    with open(paths.pid) as handle:
+                        return int(handle.read().strip() or 0) or -1
+                except (OSError, ValueError):
+                    return -1
+            raise
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def spawn_worker(paths, python=None, wait_seconds=15):
+    """Start the detached worker; returns its pid once it holds the lock. Raises RuntimeError if it dies first."""
+    env = dict(os.environ)
+    env['PYTHONPATH'] = paths.lib
+    for key in list(env):
+        if key.startswith('PG') or key.startswith('ANSIBLE_'):
+            env.pop(key)
+    with open(paths.log, 'a') as log, open(os.devnull, 'rb') as devnull:
+        proc = subprocess.Popen([python or sys.executable, '-m', '%s.worker' % PACKAGE, paths.task_dir],
+                                stdin=devnull, stdout=log, stderr=log, cwd=paths.task_dir, env=env,
+                                close_fds=True, start_new_session=True)
+    deadline = time.time() + wait_seconds
+    while time.time() < deadline:
+        pid = worker_pid(paths)
+        if pid:
+            return pid
+        if proc.poll() is not None:
+            if proc.returncode == 0:
+                return None   # the worker found nothing to do
+            raise RuntimeError('the worker exited at start (code %s); see %s: %s'
+                               % (proc.returncode, paths.log, tail(paths.log)))
+        time.sleep(0.05)
+    raise RuntimeError('the worker did not take its lock within %d s; see %s' % (wait_seconds, paths.log))
+
+
+def tail(path, lines=5):
+    try:
+        with open(path) as handle:
+            return ' | '.join(handle.read().strip().splitlines()[-lines:])
+    except OSError:
+        return ''
+
+
+def stop_worker(paths, timeout=60):
+    """Wait for a worker that was asked to stop (through its request) to let go of its lock; kill it at the end."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        pid = worker_pid(paths)
+        if not pid:
+            return True
+        time.sleep(0.2)
+    pid = worker_pid(paths)
+    if pid and pid > 0:
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return worker_pid(paths) is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Objects of a task on the servers
+
+def release_task_objects(source, destination, task, databases, drop_destination=False, created_databases=(),
+                         tables=None, log=None):
+    """Drop the task's slots and publications on the source and origins on the destination (and, when asked,
+    what the task created on the destination). Missing objects are fine: this can run twice."""
+    from ansible_collections.pgdts.migration.plugins.module_utils import apply, decoding
+    log = log or (lambda msg: None)
+    done = []
+    for dbname in databases:
+        name = task_state.object_name(task, dbname)
+        try:
+            with connect(source, dbname, application_name='pgdts-cleanup') as conn:
+                decoding.drop_slot(conn, name, missing_ok=True)
+                decoding.drop_publication(conn, name, missing_ok=True)
+                done.append('source %s: slot and publication %s dropped' % (dbname, name))
+        except ConnectionFailure as exc:
+            if exc.kind != 'database_missing':
+                raise
+        try:
+            with connect(destination, dbname, application_name='pgdts-cleanup', options=WRITER_OPTIONS) as conn:
+                apply.drop_origin(conn, name, missing_ok=True)
+                conn.execute(sql.SQL('ALTER DATABASE {} RESET default_transaction_read_only').format(
+                    sql.Identifier(dbname)))
+                if drop_destination and dbname not in created_databases:
+                    for schema_name, table_name in (tables or {}).get(dbname, []):
+                        conn.execute(sql.SQL('DROP TABLE IF EXISTS {} CASCADE').format(
+                            sql.Identifier(schema_name, table_name)))
+        except ConnectionFailure as exc:
+            if exc.kind != 'database_missing':
+                raise
+    if drop_destination:
+        with connect(destination, application_name='pgdts-cleanup') as admin:
+            for dbname in created_databases:
+                schema.drop_database(admin, dbname)
+                done.append('destination database %s dropped' % dbname)
+    for line in done:
+        log(line)
+    return done
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The worker process
+
+class Cancelled(Exception):
+    pass
+
+
+class Stopped(Exception):
+    pass
+
+
+class TaskRunner:
+    def __init__(self, paths, spec, source, destination):
+        self.paths = paths
+        self.spec = spec
+        self.name = spec['name']
+        self.source = source
+        self.destination = destination
+        self.store = TaskStore(destination, 'pgdts-worker')
+        self.stop_event = threading.Event()
+        self.request = None
+        self.request_lsn = None
+        self.log_handle = open(paths.log, 'a', buffering=1)
+        self._watch = None
+
+    # -- logging -------------------------------------------------------------------------------------------------
+    def log(self, message):
+        stamp = datetime.datetime.now().isoformat(sep=' ', timespec='milliseconds')
+        self.log_handle.write('%s [%d] %s\n' % (stamp, os.getpid(), message))
+
+    def event(self, message):
+        """A line for the log file and the task's durable log (shown by status)."""
+        self.log(message)
+        try:
+            self.store.add_log(self.name, message)
+        except Exception:  # pylint: disable=broad-except
+            pass
+
+    # -- request watcher -----------------------------------------------------------------------------------------
+    def _watcher(self):
+        beat = 0.0
+        store = TaskStore(self.destination, 'pgdts-worker-watch')
+        while not self.stop_event.is_set():
+            try:
+                if store.conn is None:
+                    store.open(create=False)
+                task = store.get_task(self.name)
+                if task is None:
+                    self.request = 'cancel'
+                else:
+                    self.request = task['request']
+                    self.request_lsn = lsn_int(task['request_lsn'])
+                if self.request in ('cancel', 'stop'):
+                    self.stop_event.set()
+                now = time.time()
+                if now - beat >= HEARTBEAT_SECONDS:
+                    store.heartbeat(self.name, socket.gethostname(), os.getpid())
+                    beat = now
+            except Exception as exc:  # pylint: disable=broad-except
+                self.log('state database unavailable: %s' % str(exc).strip().splitlines()[0])
+                store.close()
+            self.stop_event.wait(WATCH_SECONDS)
+        store.close()
+
+    def check_stop(self):
+        if self.stop_event.is_set():
+            if self.request == 'cancel':
+                raise Cancelled()
+            raise Stopped()
+
+    # -- main ----------------------------------------------------------------------------------------------------
+    def run(self):
+        self.store.open(create=True)
+        task = self.store.get_task(self.name)
+        if task is None:
+            self.log('task %s has no state on the destination; nothing to do' % self.name)
+            return 0
+        stage = task['stage']
+        if stage in task_state.END_STAGES:
+            self.log('task %s is %s; nothing to do' % (self.name, stage))
+            return 0
+        if stage == 'failed':
+            stage = (task['error'] or {}).get('stage') or 'schema'
+            self.store.set_stage(self.name, stage, clear_error=True)
+            self.event('resuming after failure at stage %s' % stage)
+        self._watch = threading.Thread(target=self._watcher, name='watch', daemon=True)
+        self._watch.start()
+        try:
+            if stage == 'scheduled':
+                self.wait_for_start()
+                stage = 'schema'
+                self.store.set_stage(self.name, stage)
+            self.store.set_started(self.name)
+            if stage in ('schema', 'copy'):
+                self.initial_load()
+                stage = 'index'
+                self.store.set_stage(self.name, stage)
+            if stage == 'index':
+                self.build_indexes()
+                if self.spec.get('incremental', True):
+                    stage = 'sync'
+                    self.store.set_stage(self.name, stage)
+                else:
+                    self.end_without_sync()
+                    return 0
+            if stage in ('sync', 'finishing'):
+                self.sync()
+        except Cancelled:
+            self.event('cancel requested: worker stopped')
+        except Stopped:
+            self.event('stop requested: worker stopped')
+        except Exception as exc:  # pylint: disable=broad-except
+            current = self.store.get_task(self.name) or {}
+            error = error_record(exc, current.get('stage') or stage)
+            self.log('FAILED: %s\n%s' % (error['message'], traceback.format_exc()))
+            try:
+                self.store.set_stage(self.name, 'failed', error=error)
+                self.store.add_log(self.name, 'failed: %s' % error['message'])
+            except Exception:  # pylint: disable=broad-except
+                self.log('could not record the failure in the state database')
+            return 1
+        finally:
+            self.stop_event.set()
+            self.store.close()
+        return 0
+
+    def wait_for_start(self):
+        start_at = parse_time(self.spec.get('start_at'))
+        if start_at is None:
+            return
+        self.event('scheduled: waiting until %s' % start_at.isoformat())
+        while True:
+            self.check_stop()
+            if datetime.datetime.now(datetime.timezone.utc) >= start_at:
+                return
+            self.stop_event.wait(1.0)
+
+    # -- schema and copy -----------------------------------------------------------------------------------------
+    def selected_tables(self, conn, dbname):
+        tables = catalog.load_tables(conn, dbname)
+        chosen = catalog.select_tables(tables, self.spec.get('tables'), self.spec.get('exclude_tables'))
+        return tables, chosen
+
+    def initial_load(self):
+        for dbname in self.spec['databases']:
+            self.check_stop()
+            self.store.ensure_database_row(self.name, dbname, task_state.object_name(self.name, dbname))
+        self.store.set_stage(self.name, 'schema')
+        for dbname in self.spec['databases']:
+            row = [d for d in self.store.databases(self.name) if d['dbname'] == dbname][0]
+            if not row['schema_done']:
+                self.load_database(dbname, row)
+            else:
+                self.resume_copy(dbname)
+
+    def load_database(self, dbname, row):
+        """Fresh start for one database: slot with exported snapshot, schema, copy of every table under it."""
+        from ansible_collections.pgdts.migration.plugins.module_utils import decoding
+        name = task_state.object_name(self.name, dbname)
+        plugin = self.spec.get('plugin', 'pgoutput')
+        retry = row['slot_lsn'] is not None or row['created_database']
+        with connect(self.destination, application_name='pgdts-worker') as admin, \
+                connect(self.source, application_name='pgdts-worker') as src_admin:
+            props = schema.database_properties(src_admin, dbname)
+            if schema.ensure_database(admin, dbname, props):
+                self.store.update_database(self.name, dbname, created_database=True)
+                self.event('created database "%s" on the destination' % dbname)
+        with connect(self.source, dbname, application_name='pgdts-worker') as src:
+            all_tables, chosen = self.selected_tables(src, dbname)
+            decoding.drop_slot(src, name, missing_ok=True)
+            decoding.drop_publication(src, name, missing_ok=True)
+            if plugin == 'pgoutput':
+                decoding.create_publication(src, name, [(t.schema, t.name) for t in chosen])
+            major = src.info.server_version // 10000
+        self.store.register_tables(self.name, dbname, chosen)
+        self.store.reset_unfinished_tables(self.name, dbname)
+        repl = connect(self.source, dbname, application_name='pgdts-snapshot', replication='database')
+        try:
+            lsn, snapshot = decoding.create_slot_with_snapshot(repl, name, plugin)
+            self.store.update_database(self.name, dbname, slot_lsn=lsn)
+            self.event('database "%s": slot %s created at %s' % (dbname, name, lsn_text(lsn)))
+            dump_path = schema.temp_dump_path(self.paths.work, task_state.database_tag(dbname))
+            whole = not self.spec.get('tables') and not self.spec.get('exclude_tables')
+            schema.dump_schema(self.source, dbname, snapshot, schema.dump_arguments(all_tables, chosen, whole), dump_path,
+                               keep_owners=self.spec.get('migrate_roles', False), server_major=major)
+            with open(dump_path, 'rb') as handle:
+                self.store.update_database(self.name, dbname, schema_dump=handle.read())
+            schema.restore_section(self.destination, dbname, dump_path, 'pre-data', clean=retry,
+                                   keep_owners=self.spec.get('migrate_roles', False))
+            os.unlink(dump_path)
+            self.store.update_database(self.name, dbname, schema_done=True)
+            self.event('database "%s": schema (pre-data) restored' % dbname)
+            self.store.set_stage(self.name, 'copy')
+            self.copy_tables(dbname, chosen, snapshot, lsn, exporting=repl)
+        finally:
+            repl.close()
+
+    def resume_copy(self, dbname):
+        """After a crash during the copy: keep copied tables, copy the others under a new snapshot."""
+        from ansible_collections.pgdts.migration.plugins.module_utils import decoding
+        rows = self.store.tables(self.name, dbname)
+        kept = [r for r in rows if r['state'] == 'copied']
+        pending_names = {(r['schema'], r['table']) for r in rows if r['state'] != 'copied'}
+        self.store.set_stage(self.name, 'copy')
+        if kept:
+            self.event('database "%s": keeping %d copied table(s): %s' % (
+                dbname, len(kept), ', '.join('%s.%s' % (r['schema'], r['table']) for r in kept)))
+        if not pending_names:
+            return
+        self.store.reset_unfinished_tables(self.name, dbname)
+        with connect(self.source, dbname, application_name='pgdts-worker') as src:
+            _all, chosen = self.selected_tables(src, dbname)
+        pending = [t for t in chosen if (t.schema, t.name) in pending_names]
+        self.event('database "%s": copying %d table(s) again under a new snapshot: %s' % (
+            dbname, len(pending), ', '.join(t.qualified for t in pending)))
+        repl = connect(self.source, dbname, application_name='pgdts-snapshot', replication='database')
+        try:
+            temp_name = task_state.temporary_slot_name(self.name, dbname, int(time.time()) % 100000)
+            lsn, snapshot = decoding.create_slot_with_snapshot(repl, temp_name, self.spec.get('plugin', 'pgoutput'),
+                                                               temporary=True)
+            self.copy_tables(dbname, pending, snapshot, lsn, exporting=repl)
+        finally:
+            repl.close()
+
+    def copy_tables(self, dbname, tables, snapshot, copy_lsn, exporting):
+        jobs = int(self.spec.get('jobs', 4))
+        with connect(self.source, dbname, application_name='pgdts-worker') as src:
+            pages = table_pages(src, tables)
+        items = plan_items(tables, pages, jobs)
+        store = self.store
+
+        def started(table):
+            store.table_started(self.name, dbname, table)
+
+        def progress(table, delta):
+            store.table_progress(self.name, dbname, table, delta)
+
+        def done(table, rows, nbytes):
+            store.table_copied(self.name, dbname, table, rows, nbytes, copy_lsn)
+            self.log('copied %s.%s: %d rows, %d bytes' % (dbname, table.qualified, rows, nbytes))
+
+        copier = ParallelCopy(self.source, self.destination, dbname, snapshot, jobs, started, progress, done,
+                              stop_event=self.stop_event, log=self.log)
+        try:
+            copier.run(items)
+        except CopyError:
+            self.check_stop()
+            raise
+        self.check_stop()
+        # partitioned parents have no rows of their own; mark them copied
+        for table in tables:
+            if not table.has_storage:
+                store.table_copied(self.name, dbname, table, 0, 0, copy_lsn)
+        self.event('database "%s": %d table(s) copied' % (dbname, len(tables)))
+
+    # -- indexes, sequences, analyze -----------------------------------------------------------------------------
+    def build_indexes(self):
+        jobs = int(self.spec.get('jobs', 4))
+        for row in self.store.databases(self.name):
+            self.check_stop()
+            dbname = row['dbname']
+            if row['index_done']:
+                continue
+            dump = self.store.schema_dump(self.name, dbname)
+            dump_path = schema.temp_dump_path(self.paths.work, task_state.database_tag(dbname))
+            with open(dump_path, 'wb') as handle:
+                handle.write(dump)
+            try:
+                schema.restore_section(self.destination, dbname, dump_path, 'post-data', jobs=jobs,
+                                       keep_owners=self.spec.get('migrate_roles', False))
+            except schema.SchemaError:
+                # A retry after a crash may find part of the post-data already built: restore with --clean.
+                schema.restore_section(self.destination, dbname, dump_path, 'post-data', jobs=jobs, clean=True,
+                                       keep_owners=self.spec.get('migrate_roles', False))
+            finally:
+                os.unlink(dump_path)
+            schemas = sorted({r['schema'] for r in self.store.tables(self.name, dbname)})
+            schema.sync_sequences(self.source, self.destination, dbname, schemas)
+            schema.analyze_database(self.destination, dbname)
+            self.store.update_database(self.name, dbname, index_done=True)
+            self.event('database "%s": indexes and constraints built, sequences set, analyzed' % dbname)
+
+    def end_without_sync(self):
+        databases = [r['dbname'] for r in self.store.databases(self.name)]
+        release_task_objects(self.source, self.destination, self.name, databases, log=self.log)
+        summary = {'copied_tables': len(self.store.tables(self.name)), 'incremental': False}
+        self.store.finish_task(self.name, 'finished', summary)
+        remove_credentials(self.paths)
+        self.event('full copy finished; no incremental sync requested: slots and publications dropped')
+
+    # -- incremental sync ----------------------------------------------------------------------------------------
+    def sync(self):
+        databases = [r['dbname'] for r in self.store.databases(self.name)]
+        if self.spec.get('protect_destination', True):
+            with connect(self.destination, application_name='pgdts-worker') as admin:
+                for dbname in databases:
+                    admin.execute(sql.SQL('ALTER DATABASE {} SET default_transaction_read_only = on').format(
+                        sql.Identifier(dbname)))
+        errors = []
+        threads = [threading.Thread(target=self._sync_guard, args=(dbname, errors), name='sync-%s' % dbname,
+                                    daemon=True) for dbname in databases]
+        self.event('incremental sync running for %d database(s)' % len(databases))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        self.check_stop()
+
+    def _sync_guard(self, dbname, errors):
+        try:
+            SyncLoop(self, dbname).run()
+        except (Cancelled, Stopped):
+            pass
+        except Exception as exc:  # pylint: disable=broad-except
+            errors.append(exc)
+            self.stop_event.set()
+
+
+class SyncLoop:
+    """Decode from the slot, apply to the destination, confirm what the destination committed; retry on outages."""
+
+    def __init__(self, runner, dbname):
+        self.runner = runner
+        self.dbname = dbname
+        self.name = task_state.object_name(runner.name, dbname)
+        self.batch_changes = int(runner.spec.get('batch_changes', 20000))
+        self.poll_seconds = float(runner.spec.get('poll_interval', 0.2))
+        self.max_retry_seconds = float(runner.spec.get('retry_timeout', 600))
+
+    def table_metas(self, conn):
+        from ansible_collections.pgdts.migration.plugins.module_utils import apply
+        _all, chosen = self.runner.selected_tables(conn, self.dbname)
+        metas = {}
+        for table in chosen:
+            if not table.has_storage:
+                continue
+            metas[(table.schema, table.name)] = apply.TableMeta(
+                table.schema, table.name, [(c.name, c.type_name, bool(c.generated)) for c in table.columns],
+                list(table.key_columns), table.key_kind)
+        return metas
+
+    def run(self):
+        failing_since = None
+        while True:
+            self.runner.check_stop()
+            try:
+                self.session()
+                return
+            except (Cancelled, Stopped):
+                raise
+            except (ConnectionFailure, OSError) as exc:
+                failing_since = failing_since or time.time()
+                self._outage(exc, failing_since)
+            except Exception as exc:  # pylint: disable=broad-except
+                import psycopg
+                if isinstance(exc, psycopg.OperationalError) and not getattr(exc, 'sqlstate', None) or \
+                        isinstance(exc, (psycopg.errors.AdminShutdown, psycopg.errors.CannotConnectNow)):
+                    failing_since = failing_since or time.time()
+                    self._outage(exc, failing_since)
+                else:
+                    raise
+
+    def _outage(self, exc, failing_since):
+        waited = time.time() - failing_since
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        if waited > self.max_retry_seconds:
+            raise RuntimeError('database "%s": gave up after %d s of connection failures: %s'
+                               % (self.dbname, waited, message))
+        self.runner.log('database "%s": connection problem (%s); retrying' % (self.dbname, message))
+        self.runner.stop_event.wait(min(10.0, 0.5 + waited / 4))
+
+    def session(self):
+        from ansible_collections.pgdts.migration.plugins.module_utils import apply, decoding
+        runner = self.runner
+        store = TaskStore(runner.destination, 'pgdts-sync-state')
+        store.open(create=False)
+        copy_lsn = {(r['schema'], r['table']): lsn_int(r['copy_lsn']) or 0 for r in store.tables(runner.name, self.dbname)}
+        with connect(runner.source, self.dbname, application_name='pgdts-decode') as src, \
+                connect(runner.destination, self.dbname, autocommit=False, application_name='pgdts-apply',
+                        options=WRITER_OPTIONS) as dst:
+            reader = decoding.SlotReader(src, self.name, runner.spec.get('plugin', 'pgoutput'),
+                                         publication=self.name)
+            applier = apply.Applier(dst, self.name, self.table_metas(src), copy_lsn)
+            applier.setup()
+            runner.log('database "%s": applying from origin position %s' % (self.dbname, lsn_text(applier.applied_lsn())))
+            window_start, window_txns = time.time(), 0
+            previous = [d for d in store.databases(runner.name) if d['dbname'] == self.dbname][0]
+            totals = {'transactions': previous['applied_transactions'], 'changes': previous['applied_changes']}
+            last_commit_time = None
+            while True:
+                runner.check_stop()
+                end = lsn_int(query_value(src, 'SELECT pg_catalog.pg_current_wal_flush_lsn()::text'))
+                transactions, complete = reader.read(upto_lsn=end, max_changes=self.batch_changes)
+                result = None
+                if transactions:
+                    result = applier.apply(transactions)
+                    totals['transactions'] += result['transactions']
+                    totals['changes'] += result['changes']
+                    window_txns += result['transactions']
+                    if result.get('last_commit_time'):
+                        last_commit_time = result['last_commit_time']
+                if complete:
+                    confirmed = end
+                else:
+                    confirmed = max(t.end_lsn for t in transactions)
+                reader.confirm(confirmed)
+                now = time.time()
+                values = {'synced_lsn': confirmed, 'source_lsn': end}
+                if last_commit_time is not None:
+                    values['last_commit_time'] = last_commit_time
+                if complete:
+                    values['caught_up_at'] = datetime.datetime.now(datetime.timezone.utc)
+                if now - window_start >= 2.0:
+                    values['tps'] = window_txns / (now - window_start)
+                    window_start, window_txns = now, 0
+                if result is not None:
+                    values['applied_transactions'] = totals['transactions']
+                    values['applied_changes'] = totals['changes']
+                store.update_database(runner.name, self.dbname, **values)
+                if complete and not transactions:
+                    runner.stop_event.wait(self.poll_seconds)
+
+
+def error_record(exc, stage):
+    record = {'stage': stage, 'message': str(exc).strip() or exc.__class__.__name__, 'type': exc.__class__.__name__}
+    for attr in ('table', 'key', 'lsn', 'statement'):
+        value = getattr(exc, attr, None)
+        if value is not None:
+            record[attr] = lsn_text(value) if attr == 'lsn' and isinstance(value, int) else value
+    return json.loads(json.dumps(record, default=str))
+
+
+def parse_time(value):
+    if not value:
+        return None
+    if isinstance(value, datetime.datetime):
+        parsed = value
+    else:
+        text = str(value).strip().replace('Z', '+00:00')
+        parsed = datetime.datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.astimezone()
+    return parsed.astimezone(datetime.timezone.utc)
+
+
+def main(argv=None):
+    argv = sys.argv if argv is None else argv
+    task_dir = os.path.abspath(argv[1])
+    with open(os.path.join(task_dir, 'task.json')) as handle:
+        spec = json.load(handle)
+    paths = TaskPaths(os.path.dirname(task_dir), spec['name'])
+    lock_fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        sys.stderr.write('another worker holds the lock of task %s; exiting\n' % spec['name'])
+        return 0
+    with open(paths.pid, 'w') as handle:
+        handle.write(str(os.getpid()))
+    with open(paths.credentials) as handle:
+        credentials = json.load(handle)
+    source = ServerSpec.from_dict(credentials['source'])
+    destination = ServerSpec.from_dict(credentials['destination'])
+    runner = TaskRunner(paths, spec, source, destination)
+    runner.log('worker started for task %s' % spec['name'])
+    code = runner.run()
+    runner.log('worker exiting with code %d' % code)
+    return code
+
+
+if __name__ == '__main__':
+    sys.exit(main())

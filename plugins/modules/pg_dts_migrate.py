@@ -1,0 +1,282 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: pgdts developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: pg_dts_migrate
+short_description: Start, report, resume or cancel a PostgreSQL migration task
+version_added: 0.1.0
+description:
+  - Runs the pre-migration checks of M(pgdts.migration.pg_dts_verify) and refuses to start while any item failed.
+  - Starts a named migration task in a detached worker process on the host that runs the module. The worker copies the
+    schema and the data of the selected databases and tables from one consistent snapshot in parallel, builds indexes
+    and constraints, sets sequences, and then keeps the destination following the source (incremental sync) until
+    M(pgdts.migration.pg_dts_finish) ends it.
+  - Idempotent. Running it again reports the progress of a running task with RV(ignore:changed=false), resumes a task
+    whose worker died or failed (without copying finished tables again), and never starts a second copy.
+  - Durable task state lives on the destination in the database C(pgdts).
+  - O(state=absent) cancels the task, stops its worker, and drops its replication slots, publications and replication
+    origins; with O(drop_destination=true) it also removes what the task created on the destination.
+author: pgdts developers
+extends_documentation_fragment:
+  - pgdts.migration.connection.source
+  - pgdts.migration.connection.destination
+  - pgdts.migration.connection.attributes
+attributes:
+  check_mode:
+    support: full
+    details: Runs the checks and reports whether a task would be started, resumed or cancelled, without doing it.
+  diff_mode:
+    support: full
+    details: Shows the task stage before and after.
+options:
+  name:
+    description:
+      - Task name. Lower-case letters, digits and underscores, starting with a letter, at most 40 characters.
+    type: str
+    required: true
+  state:
+    description:
+      - V(present) starts the task, or reports it when it exists.
+      - V(absent) cancels the task.
+    type: str
+    choices: [present, absent]
+    default: present
+  databases:
+    description:
+      - Source databases to migrate. Default is every non-template database of the source that accepts connections.
+    type: list
+    elements: str
+  tables:
+    description:
+      - Only these tables, as C(schema.table) or C(database.schema.table) patterns; C(*) and C(?) are wildcards.
+      - Default is every table of the selected databases.
+    type: list
+    elements: str
+  exclude_tables:
+    description:
+      - Tables to leave out, with the same patterns as O(tables).
+    type: list
+    elements: str
+  plugin:
+    description:
+      - Logical decoding output plugin used for incremental sync.
+    type: str
+    choices: [pgoutput, wal2json]
+    default: pgoutput
+  incremental:
+    description:
+      - Keep the destination following the source after the full copy. With V(false) the task copies once, drops its slot
+        and ends as V(finished).
+    type: bool
+    default: true
+  jobs:
+    description:
+      - Parallel copy streams and index builds.
+    type: int
+    default: 4
+  start_at:
+    description:
+      - ISO 8601 time at which the task starts (stage V(scheduled) until then). A time without zone is local time.
+    type: str
+  drop_destination:
+    description:
+      - With O(state=absent), also remove what the task created on the destination (the databases it created, or the
+        tables it copied into existing databases), so that a new run can start clean.
+    type: bool
+    default: false
+  protect_destination:
+    description:
+      - While the task syncs, make the migrated destination databases read-only for every other session
+        (C(default_transaction_read_only)), so nothing writes behind the task's back. Lifted by finish and cancel.
+    type: bool
+    default: true
+  migrate_roles:
+    description:
+      - Keep object owners and privileges. The roles must exist on the destination.
+    type: bool
+    default: false
+  wait:
+    description:
+      - V(none) returns once the task runs. V(copied) waits until the full copy and indexes are done.
+        V(synced) waits until the destination has caught up with the source.
+    type: str
+    choices: [none, copied, synced]
+    default: none
+  wait_timeout:
+    description:
+      - Seconds to wait with O(wait). When they pass the module fails, but the task keeps running.
+    type: int
+    default: 3600
+  wait_sleep:
+    description:
+      - Seconds between two progress reads while waiting.
+    type: int
+    default: 2
+  retry_timeout:
+    description:
+      - Seconds the worker keeps retrying when the source or the destination cannot be reached during sync, before the
+        task fails.
+    type: int
+    default: 600
+  worker_dir:
+    description:
+      - Directory of the worker's lock, log, engine code and 0600 credential file, one sub-directory per task.
+    type: path
+    default: ~/.pgdts
+  worker_python:
+    description:
+      - Python interpreter that runs the worker. Default is the interpreter that runs this module.
+    type: path
+notes:
+  - The worker runs on the host that runs the module; use C(delegate_to) to choose the worker host, and run
+    M(pgdts.migration.pg_dts_finish) and later calls of this module on the same host.
+seealso:
+  - module: pgdts.migration.pg_dts_verify
+  - module: pgdts.migration.pg_dts_finish
+'''
+
+EXAMPLES = r'''
+- name: Migrate two databases with incremental sync, and wait until the copy is done
+  pgdts.migration.pg_dts_migrate:
+    name: shop_move
+    source:
+      host: old-db.example.com
+      user: migrator
+      password: "{{ vault_migrator_password }}"
+    destination:
+      host: new-db.example.com
+      user: postgres
+      password: "{{ vault_destination_password }}"
+    databases: [shop, billing]
+    jobs: 4
+    wait: copied
+
+- name: Migrate two tables at night
+  pgdts.migration.pg_dts_migrate:
+    name: orders_only
+    source: "{{ source }}"
+    destination: "{{ destination }}"
+    databases: [shop]
+    tables: [public.orders, public.order_lines]
+    start_at: "2026-12-01T02:00:00+01:00"
+
+- name: Cancel a task and remove what it created on the destination
+  pgdts.migration.pg_dts_migrate:
+    name: orders_only
+    source: "{{ source }}"
+    destination: "{{ destination }}"
+    state: absent
+    drop_destination: true
+'''
+
+RETURN = r'''
+task:
+  description: The task as it stands.
+  returned: when the task exists
+  type: dict
+  contains:
+    name:
+      description: Task name.
+      type: str
+    stage:
+      description: One of scheduled, schema, copy, index, sync, finishing, finished, failed, cancelled.
+      type: str
+      sample: copy
+    totals:
+      description: Tables, tables copied, rows, bytes, estimated bytes, percent and ETA in seconds of the full copy.
+      type: dict
+    tables:
+      description: Per table, its state (pending, copying, copied), rows, bytes, percent and the LSN it was copied at.
+      type: list
+      elements: dict
+    lag_bytes:
+      description: Largest distance in bytes between the source WAL position and what the destination has committed.
+      type: int
+    lag_seconds:
+      description: Age of the newest source commit applied on the destination while behind; 0 when caught up.
+      type: float
+    transactions_per_second:
+      description: Applied source transactions per second over the last seconds.
+      type: float
+    databases:
+      description: Per database sync progress (slot, synced and source LSN, lag, applied transactions).
+      type: list
+      elements: dict
+    error:
+      description: When failed, the stage, message and the failing object (table, key, LSN, statement).
+      type: dict
+    log:
+      description: The last events of the task.
+      type: list
+      elements: dict
+checks:
+  description: The pre-migration check items (see M(pgdts.migration.pg_dts_verify)) when the task was started.
+  returned: when checks ran
+  type: list
+  elements: dict
+action:
+  description: What this call did, one of started, reported, resumed, cancelled, none.
+  returned: always
+  type: str
+  sample: started
+worker_log:
+  description: Path of the worker's log file.
+  returned: when a worker directory exists
+  type: str
+'''
+
+import sys
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.pgdts.migration.plugins.module_utils import ansible_common
+from ansible_collections.pgdts.migration.plugins.module_utils.task_control import TaskControl, TaskControlError
+
+
+def main():
+    argument_spec = ansible_common.server_argument_spec('source', 'destination')
+    argument_spec.update(
+        name=dict(type='str', required=True),
+        state=dict(type='str', choices=['present', 'absent'], default='present'),
+        databases=dict(type='list', elements='str'),
+        tables=dict(type='list', elements='str'),
+        exclude_tables=dict(type='list', elements='str'),
+        plugin=dict(type='str', choices=['pgoutput', 'wal2json'], default='pgoutput'),
+        incremental=dict(type='bool', default=True),
+        jobs=dict(type='int', default=4),
+        start_at=dict(type='str'),
+        drop_destination=dict(type='bool', default=False),
+        protect_destination=dict(type='bool', default=True),
+        migrate_roles=dict(type='bool', default=False),
+        wait=dict(type='str', choices=['none', 'copied', 'synced'], default='none'),
+        wait_timeout=dict(type='int', default=3600),
+        wait_sleep=dict(type='int', default=2),
+        retry_timeout=dict(type='int', default=600),
+        worker_dir=dict(type='path', default='~/.pgdts'),
+        worker_python=dict(type='path'),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    ansible_common.ensure_psycopg(module)
+    source = ansible_common.server_spec(module, 'source')
+    destination = ansible_common.server_spec(module, 'destination')
+    params = dict(module.params)
+    params['worker_python'] = params['worker_python'] or sys.executable
+    control = TaskControl(params, source, destination, check_mode=module.check_mode)
+    try:
+        if params['state'] == 'absent':
+            result = control.cancel()
+        else:
+            result = control.ensure()
+            if params['wait'] != 'none' and not module.check_mode:
+                result = control.wait(result, params['wait'], params['wait_timeout'], params['wait_sleep'])
+    except TaskControlError as exc:
+        module.fail_json(msg=exc.message, **exc.result)
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,88 @@
+"""pg_dts_migrate end to end on real servers through real ansible-playbook runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.harness.data import assert_same_contents, create_tricky_database, sequence_values
+
+
+@pytest.fixture(scope='module')
+def servers(module_pg_factory):
+    return module_pg_factory('msrc'), module_pg_factory('mdst')
+
+
+def migrate_args(servers, tmp_path, **extra):
+    src, dst = servers
+    args = {'source': src.spec(), 'destination': dst.spec(), 'worker_dir': str(tmp_path / 'workers'), 'jobs': 2}
+    args.update(extra)
+    return args
+
+
+def slots(cluster):
+    return [r[0] for r in cluster.execute('SELECT slot_name FROM pg_replication_slots ORDER BY 1')]
+
+
+def test_full_copy_without_sync(servers, ansible, tmp_path):
+    src, dst = servers
+    create_tricky_database(src, 'shop')
+    args = migrate_args(servers, tmp_path, name='copy_once', databases=['shop'], incremental=False, wait='copied',
+                        wait_timeout=300)
+    status, result = ansible.module('pgdts.migration.pg_dts_migrate', args)
+    assert status == 'changed', result
+    assert result['task']['stage'] == 'finished', result['task']
+    rows = assert_same_contents(src, dst, 'shop')
+    assert rows > 1500
+    assert sequence_values(src, 'shop') == sequence_values(dst, 'shop')
+    assert slots(src) == []
+    # the generated column was computed by the destination, the index and foreign key exist there
+    assert dst.value('SELECT count(*) FROM pg_indexes WHERE indexname = %s', ('child_note_idx',), dbname='shop') == 1
+    assert dst.value("SELECT count(*) FROM pg_constraint WHERE contype = 'f'", dbname='shop') == 1
+    # a second run reports and changes nothing
+    status, again = ansible.module('pgdts.migration.pg_dts_migrate', args)
+    assert status == 'ok', again
+    assert again['task']['stage'] == 'finished'
+
+
+def test_incremental_sync_then_cancel_and_restart(servers, ansible, tmp_path):
+    src, dst = servers
+    create_tricky_database(src, 'inc')
+    args = migrate_args(servers, tmp_path, name='inc_task', databases=['inc'], wait='copied', wait_timeout=300)
+    status, result = ansible.module('pgdts.migration.pg_dts_migrate', args)
+    assert status == 'changed', result
+    assert result['task']['stage'] == 'sync'
+    with src.connect('inc') as conn:
+        conn.execute("INSERT INTO public.kinds (id, feeling, n, f, big) VALUES (10, 'ok', 1.5, 2.5, 'new')")
+        conn.execute("UPDATE public.kinds SET feeling = 'sad' WHERE id = 1")   # big (TOAST) unchanged
+        conn.execute("DELETE FROM public.child WHERE id <= 10")
+        conn.execute("UPDATE public.no_pk SET b = 'changed' WHERE a = 2")
+        conn.execute("DELETE FROM public.no_pk WHERE ctid = (SELECT ctid FROM public.no_pk WHERE a = 1 LIMIT 1)")
+        conn.execute("INSERT INTO public.events (happened, payload) VALUES ('2026-05-05', 'late')")
+        conn.execute('UPDATE "Sales Dept"."Order Lines" SET price = price + 1 WHERE "Id" % 7 = 0')
+    status, synced = ansible.module('pgdts.migration.pg_dts_migrate', dict(args, wait='synced'))
+    assert status == 'ok', synced
+    assert synced['task']['stage'] == 'sync'
+    assert synced['task']['lag_bytes'] is not None
+    assert_same_contents(src, dst, 'inc')
+    # the destination is read-only for other sessions while the task syncs
+    assert dst.value("SELECT setting FROM pg_settings WHERE name = 'default_transaction_read_only'", dbname='inc') == 'on'
+
+    status, cancelled = ansible.module('pgdts.migration.pg_dts_migrate',
+                                       dict(args, state='absent', drop_destination=True, wait='none'))
+    assert status == 'changed', cancelled
+    assert cancelled['task']['stage'] == 'cancelled'
+    assert [s for s in slots(src) if s.startswith('pgdts_inc_task')] == []
+    assert dst.value("SELECT count(*) FROM pg_database WHERE datname = 'inc'") == 0
+    assert dst.value("SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'pgdts_inc_task%%'") == 0
+    status, again = ansible.module('pgdts.migration.pg_dts_migrate',
+                                   dict(args, state='absent', drop_destination=True, wait='none'))
+    assert status == 'ok' and 'already cancelled' in again['msg']
+
+    # a new run after the cancel starts clean
+    status, restarted = ansible.module('pgdts.migration.pg_dts_migrate', args)
+    assert status == 'changed', restarted
+    assert restarted['task']['stage'] == 'sync'
+    assert_same_contents(src, dst, 'inc')
+    status, _ = ansible.module('pgdts.migration.pg_dts_migrate', dict(args, state='absent', drop_destination=True,
+                                                                    wait='none'))
+    assert status == 'changed'
