@@ -448,8 +448,12 @@ class TaskRunner:
             store.table_copied(self.name, dbname, table, rows, nbytes, copy_lsn)
             self.log('copied %s.%s: %d rows, %d bytes' % (dbname, table.qualified, rows, nbytes))
 
+        try:
+            psql = schema.client_program('psql')
+        except schema.SchemaError:
+            psql = None
         copier = ParallelCopy(self.source, self.destination, dbname, snapshot, jobs, started, progress, done,
-                              stop_event=self.stop_event, log=self.log)
+                              stop_event=self.stop_event, log=self.log, psql=psql)
         try:
             copier.run(items)
         except CopyError:

@@ -24,7 +24,8 @@ def export_snapshot(source, dbname, slot):
     return repl, row[2], row[1]
 
 
-def migrate_database(src, dst, dbname, tmp_path, jobs=2, split_bytes=copy_mod.DEFAULT_SPLIT_BYTES, after_snapshot=None):
+def migrate_database(src, dst, dbname, tmp_path, jobs=2, split_bytes=copy_mod.DEFAULT_SPLIT_BYTES, after_snapshot=None,
+                     psql=None):
     source, destination = spec(src), spec(dst)
     repl, snapshot, _lsn = export_snapshot(source, dbname, 'copytest_%s' % dbname)
     try:
@@ -41,7 +42,8 @@ def migrate_database(src, dst, dbname, tmp_path, jobs=2, split_bytes=copy_mod.DE
         schema.restore_section(destination, dbname, dump, 'pre-data')
         done = []
         copier = copy_mod.ParallelCopy(source, destination, dbname, snapshot, jobs,
-                                       on_table_done=lambda t, rows, nbytes: done.append((t.qualified, rows)))
+                                       on_table_done=lambda t, rows, nbytes: done.append((t.qualified, rows)),
+                                       psql=psql)
         copier.run(copy_mod.plan_items(tables, pages, jobs, split_bytes=split_bytes))
         schema.restore_section(destination, dbname, dump, 'post-data', jobs=jobs)
         schema.sync_sequences(source, destination, dbname)
@@ -52,17 +54,23 @@ def migrate_database(src, dst, dbname, tmp_path, jobs=2, split_bytes=copy_mod.DE
             conn.execute("SELECT pg_drop_replication_slot('copytest_%s')" % dbname)
 
 
-def test_tricky_schema_copied_exactly(pair, tmp_path):
+@pytest.mark.parametrize('reader', ['psycopg', 'psql'])
+def test_tricky_schema_copied_exactly(pair, tmp_path, reader, monkeypatch):
     src, dst = pair
-    create_tricky_database(src, 'tricky')
-    done = migrate_database(src, dst, 'tricky', tmp_path)
+    dbname = 'tricky_%s' % reader
+    psql = None
+    if reader == 'psql':
+        monkeypatch.setattr(copy_mod, 'STREAM_READER_BYTES', 0)
+        psql = schema.client_program('psql')
+    create_tricky_database(src, dbname)
+    done = migrate_database(src, dst, dbname, tmp_path, psql=psql)
     assert done['public.kinds'] == 4
     assert done['Sales Dept.Order Lines'] == 200
-    assert_same_contents(src, dst, 'tricky')
-    assert sequence_values(src, 'tricky') == sequence_values(dst, 'tricky')
+    assert_same_contents(src, dst, dbname)
+    assert sequence_values(src, dbname) == sequence_values(dst, dbname)
     # the generated column is computed on the destination
-    assert dst.value('SELECT sum(total) FROM "Sales Dept"."Order Lines"', dbname='tricky') == \
-        src.value('SELECT sum(total) FROM "Sales Dept"."Order Lines"', dbname='tricky')
+    assert dst.value('SELECT sum(total) FROM "Sales Dept"."Order Lines"', dbname=dbname) == \
+        src.value('SELECT sum(total) FROM "Sales Dept"."Order Lines"', dbname=dbname)
 
 
 def test_rows_committed_after_the_snapshot_are_not_copied(pair, tmp_path):
@@ -80,16 +88,21 @@ def test_rows_committed_after_the_snapshot_are_not_copied(pair, tmp_path):
     assert dst.value('SELECT count(*) FROM t WHERE id = 5000', dbname='snap') == 0
 
 
-def test_large_table_split_into_ranges(pair, tmp_path):
+@pytest.mark.parametrize('reader', ['psycopg', 'psql'])
+def test_large_table_split_into_ranges(pair, tmp_path, reader, monkeypatch):
     src, dst = pair
-    src.create_database('big')
-    src.execute('CREATE TABLE wide (id bigint PRIMARY KEY, pad text)', dbname='big')
-    src.execute("INSERT INTO wide SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 60000) g", dbname='big')
-    src.execute('VACUUM ANALYZE wide', dbname='big')
-    with connect(spec(src), 'big') as conn:
-        tables = catalog.load_tables(conn, 'big')
+    dbname = 'big_%s' % reader
+    if reader == 'psql':
+        monkeypatch.setattr(copy_mod, 'STREAM_READER_BYTES', 0)
+    src.create_database(dbname)
+    src.execute('CREATE TABLE wide (id bigint PRIMARY KEY, pad text)', dbname=dbname)
+    src.execute("INSERT INTO wide SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 60000) g", dbname=dbname)
+    src.execute('VACUUM ANALYZE wide', dbname=dbname)
+    with connect(spec(src), dbname) as conn:
+        tables = catalog.load_tables(conn, dbname)
         items = copy_mod.plan_items(tables, copy_mod.table_pages(conn, tables), 2, split_bytes=1024 * 1024)
     assert len(items) > 2, 'the table should have been split'
-    done = migrate_database(src, dst, 'big', tmp_path, split_bytes=1024 * 1024)
+    psql = schema.client_program('psql') if reader == 'psql' else None
+    done = migrate_database(src, dst, dbname, tmp_path, split_bytes=1024 * 1024, psql=psql)
     assert done['public.wide'] == 60000
-    assert_same_contents(src, dst, 'big')
+    assert_same_contents(src, dst, dbname)
