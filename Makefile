@@ -37,5 +37,8 @@ molecule: setup
 reliability: setup
 	$(PY) -m pytest tests/integration tests/reliability $(PYTEST_ARGS)
 
+demo: setup
+	@bash scripts/demo.sh
+
 clean:
 	rm -rf .tmp build tests/output

@@ -104,8 +104,8 @@ def _insert_statement(item, freeze):
     table = item.table
     cols = sql.SQL(', ').join(sql.Identifier(c.name) for c in table.copy_columns)
     options = 'FORMAT %s%s' % (copy_format(table), ', FREEZE' if freeze else '')
-    return sql.SQL('COPY {} ({}) FROM STDIN ({})').format(sql.Identifier(table.schema, table.name), cols,
-                                                         sql.SQL(options))
+    target = sql.Identifier(table.schema, table.name)
+    return sql.SQL('COPY {} ({}) FROM STDIN ({})').format(target, cols, sql.SQL(options))
 
 
 def truncate_statement(table):

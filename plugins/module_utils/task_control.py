@@ -392,3 +392,27 @@ class Finisher:
         store.add_log(self.name, 'finished: sync ended, slots, publications and origins dropped')
         worker.remove_task_dir(control.paths)
         return control.result(store, True, 'finished', 'task %s finished' % self.name, before_stage='sync', **finish)
+
+
+def task_infos(source, destination, name, worker_dir, include_tables):
+    """Reports of one task (name) or of all tasks on the destination; never changes anything."""
+    probe = TaskControl({'name': name or 'x', 'worker_dir': worker_dir}, source, destination)
+    store = probe.open_store(create=False)
+    if store is None or not store.has_tables():
+        return []
+    try:
+        if name:
+            names = [name] if store.get_task(name) else []
+        else:
+            names = [r[0] for r in store.conn.execute('SELECT name FROM pgdts.task ORDER BY name').fetchall()]
+        lsn = probe.source_lsn() if source.host or source.port else None
+        out = []
+        for task_name in names:
+            databases = [d['dbname'] for d in store.databases(task_name)]
+            report = task_state.task_report(store, task_name, {d: lsn for d in databases} if lsn else None,
+                                            include_tables)
+            report['worker_alive'] = bool(worker.worker_pid(worker.TaskPaths(worker_dir, task_name)))
+            out.append(report)
+        return out
+    finally:
+        store.close()

@@ -17,7 +17,7 @@ description:
   - A mismatch with O(on_mismatch=fail) keeps the task and the sync as they are, lifts the fence and fails with the
     comparison in the result.
   - Running it again on a finished task returns the summary with RV(ignore:changed=false).
-author: pgdts developers
+author: pgdts developers (@pgdts)
 extends_documentation_fragment:
   - pgdts.migration.connection.source
   - pgdts.migration.connection.destination

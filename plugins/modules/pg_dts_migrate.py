@@ -20,7 +20,7 @@ description:
   - Durable task state lives on the destination in the database C(pgdts).
   - O(state=absent) cancels the task, stops its worker, and drops its replication slots, publications and replication
     origins; with O(drop_destination=true) it also removes what the task created on the destination.
-author: pgdts developers
+author: pgdts developers (@pgdts)
 extends_documentation_fragment:
   - pgdts.migration.connection.source
   - pgdts.migration.connection.destination

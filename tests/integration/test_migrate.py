@@ -83,6 +83,6 @@ def test_incremental_sync_then_cancel_and_restart(servers, ansible, tmp_path):
     assert status == 'changed', restarted
     assert restarted['task']['stage'] == 'sync'
     assert_same_contents(src, dst, 'inc')
-    status, _ = ansible.module('pgdts.migration.pg_dts_migrate', dict(args, state='absent', drop_destination=True,
-                                                                    wait='none'))
-    assert status == 'changed'
+    status, final = ansible.module('pgdts.migration.pg_dts_migrate',
+                                   dict(args, state='absent', drop_destination=True, wait='none'))
+    assert status == 'changed', final
