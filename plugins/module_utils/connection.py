@@ -140,11 +140,11 @@ _FAILURE_PATTERNS = (
      'authentication failed for %(who)s'),
     ('database_missing', re.compile(r'database ".*" does not exist', re.I),
      'database "%(db)s" does not exist on %(where)s'),
+    ('not_allowed', re.compile(r'no pg_hba\.conf entry', re.I),
+     'the server at %(where)s has no pg_hba.conf entry that allows %(who)s: %(detail)s'),
     ('ssl_required', re.compile(r'SSL off|server does not support SSL|SSL connection is required|'
                                 r'no encryption', re.I),
      'SSL mismatch connecting to %(where)s: %(detail)s'),
-    ('not_allowed', re.compile(r'no pg_hba\.conf entry', re.I),
-     'the server at %(where)s has no pg_hba.conf entry that allows %(who)s: %(detail)s'),
     ('timeout', re.compile(r'timeout expired|timed out', re.I),
      'timed out connecting to %(where)s'),
     ('unreachable', re.compile(r'Connection refused|could not connect|could not translate host name|'

@@ -178,7 +178,7 @@ def release_task_objects(source, destination, task, databases, drop_destination=
     for dbname in databases:
         name = task_state.object_name(task, dbname)
         try:
-            with connect(source, dbname, application_name='pgdts-cleanup') as conn:
+            with connect(source, dbname, application_name='pgdts-cleanup', options=WRITER_OPTIONS) as conn:
                 decoding.drop_slot(conn, name, missing_ok=True)
                 decoding.drop_publication(conn, name, missing_ok=True)
                 done.append('source %s: slot and publication %s dropped' % (dbname, name))
@@ -590,7 +590,7 @@ class SyncLoop:
         store = TaskStore(runner.destination, 'pgdts-sync-state')
         store.open(create=False)
         copy_lsn = {(r['schema'], r['table']): lsn_int(r['copy_lsn']) or 0 for r in store.tables(runner.name, self.dbname)}
-        with connect(runner.source, self.dbname, application_name='pgdts-decode') as src, \
+        with connect(runner.source, self.dbname, application_name='pgdts-decode', options=WRITER_OPTIONS) as src, \
                 connect(runner.destination, self.dbname, autocommit=False, application_name='pgdts-apply',
                         options=WRITER_OPTIONS) as dst:
             reader = decoding.SlotReader(src, self.name, runner.spec.get('plugin', 'pgoutput'),

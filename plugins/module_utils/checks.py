@@ -1,0 +1,2108 @@
+# -*- coding: utf-8 -*-
+# Copyright: pgdts developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The pre-migration check catalogue behind pg_dts_verify and the start of pg_dts_migrate.
+
+`run_checks()` reads both servers (never writes: the only object it makes is a TEMPORARY logical slot that lives and
+dies inside one session) and returns check items `{id, status, message, hint, objects}` with stable ids. Work happens in
+two phases: facts are gathered with a fixed number of set-based queries per database (so 2,000 tables do not mean 2,000
+queries), then every item is judged from those facts. A server or database that cannot be reached turns into failed
+items, never into an exception.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import secrets
+import struct
+
+from ansible_collections.pgdts.migration.plugins.module_utils import catalog
+from ansible_collections.pgdts.migration.plugins.module_utils import task_state
+from ansible_collections.pgdts.migration.plugins.module_utils.connection import ConnectionFailure, connect
+
+try:
+    import psycopg
+    from psycopg import sql
+except ImportError:  # pragma: no cover - connect() reports the missing library as a failed item
+    psycopg = None
+    sql = None
+
+PASS, WARNING, FAILED = 'pass', 'warning', 'failed'
+STATUSES = (PASS, WARNING, FAILED)
+
+SOURCE_MIN_VERSION = 110000          # pg_replication_slot_advance() and publications of partitioned tables
+SOURCE_MAX_TESTED_MAJOR = 18
+LONG_TRANSACTION_SECONDS = 5         # a transaction holding an xid this long stalls slot creation noticeably
+PLUGIN_CHECK_TIMEOUT_MS = 10000      # a temporary slot waits for running transactions; the plugin loads before that
+PLUGIN_CHECK_BLOCKED_TIMEOUT_MS = 2000
+WAL_SENDER_TIMEOUT_MIN_MS = 60000
+DISK_HEADROOM = 1.5                  # indexes are rebuilt, WAL and apply bloat come on top of the table data
+NAMES_IN_MESSAGE = 5
+STATE_DATABASE = task_state.STATE_DATABASE
+NUMERIC_TYPE_OIDS = (700, 701, 1700)  # float4, float8, numeric: wal2json writes NaN/Infinity of these as null
+
+APPLY_FUNCTIONS = (
+    'pg_catalog.pg_replication_origin_create(text)',
+    'pg_catalog.pg_replication_origin_session_setup(text)',
+    'pg_catalog.pg_replication_origin_xact_setup(pg_catalog.pg_lsn, timestamp with time zone)',
+    'pg_catalog.pg_replication_origin_progress(text, boolean)',
+    'pg_catalog.pg_replication_origin_advance(text, pg_catalog.pg_lsn)',
+    'pg_catalog.pg_replication_origin_drop(text)',
+)
+
+SOURCE_SETTINGS = ('wal_level', 'max_replication_slots', 'max_wal_senders', 'max_slot_wal_keep_size', 'server_version')
+SESSION_SETTINGS = ('wal_sender_timeout', 'statement_timeout', 'idle_in_transaction_session_timeout',
+                    'transaction_timeout')
+
+CONNECTION_HINTS = {
+    'auth_failed': 'Check the user and password (the password option, PGPASSWORD or ~/.pgpass) and that the role may '
+                   'log in (ALTER ROLE ... LOGIN PASSWORD ...).',
+    'not_allowed': 'Add a pg_hba.conf line for this user and the host that runs pgdts (for example '
+                   '"host all <user> <address>/32 scram-sha-256"), then reload the server (SELECT pg_reload_conf()); '
+                   'pgdts.migration.pg_dts_source_config can do this on the source.',
+    'unreachable': 'Check host and port, that the server runs and listens on that address (listen_addresses), and '
+                   'that no firewall blocks the port.',
+    'timeout': 'The server did not answer within connect_timeout: check the network path and firewall, or raise '
+               'connect_timeout.',
+    'database_missing': 'Set dbname to a database that exists (it is only used for server-wide queries).',
+    'ssl_required': 'Set sslmode to match the server (require or verify-full when it insists on SSL; disable or prefer '
+                    'when it has no SSL).',
+    'too_many_connections': 'The server has no free connection slots: raise max_connections or end idle sessions.',
+    'starting_up': 'Wait until the server has finished starting (or recovering) and run the check again.',
+    'missing_library': 'Install psycopg 3 on the host that runs the module: pip install "psycopg[binary]".',
+    'invalid': 'Fix the connection options.',
+}
+
+
+def _item(check_id, status, message, hint='', objects=None):
+    return {'id': check_id, 'status': status, 'message': message, 'hint': hint or '', 'objects': list(objects or [])}
+
+
+def summarize(items):
+    """Counts of items per status: {'pass': n, 'warning': n, 'failed': n}."""
+    counts = dict.fromkeys(STATUSES, 0)
+    for entry in items:
+        counts[entry['status']] += 1
+    return counts
+
+
+def _names(values, limit=NAMES_IN_MESSAGE):
+    values = list(values)
+    if len(values) <= limit:
+        return ', '.join(values)
+    return '%s and %d more' % (', '.join(values[:limit]), len(values) - limit)
+
+
+def _plural(count, word, plural=None):
+    return '%d %s' % (count, word if count == 1 else (plural or word + 's'))
+
+
+def _qname(*parts):
+    """A display name: parts joined with dots, each quoted the way SQL would need it."""
+    return '.'.join(_ident(p) for p in parts)
+
+
+# Reserved key words of PostgreSQL: names spelled like one must be quoted in the SQL we suggest.
+_RESERVED = frozenset('''
+all analyse analyze and any array as asc asymmetric authorization binary both case cast check collate collation column
+concurrently constraint create cross current_catalog current_date current_role current_schema current_time
+current_timestamp current_user default deferrable desc distinct do else end except false fetch for foreign freeze from
+full grant group having ilike in initially inner intersect into is isnull join lateral leading left like limit localtime
+localtimestamp natural not notnull null offset on only or order outer overlaps placing primary references returning right
+select session_user similar some symmetric system_user table tablesample then to trailing true union unique user using
+variadic verbose when where window with
+'''.split())
+
+
+def _ident(name):
+    """A name as SQL needs it in a suggested statement (quoted only when it has to be, like quote_ident())."""
+    if (name and (name[0].isalpha() or name[0] == '_') and name.replace('_', 'a').isalnum() and name == name.lower()
+            and name.isascii() and name not in _RESERVED):
+        return name
+    return sql.Identifier(name).as_string()
+
+
+def _literal(value):
+    return sql.Literal(value).as_string()
+
+
+def _bytes(number):
+    value = float(number)
+    for unit in ('bytes', 'kB', 'MB', 'GB', 'TB'):
+        if abs(value) < 1024 or unit == 'TB':
+            return ('%d %s' % (value, unit)) if unit == 'bytes' else ('%.1f %s' % (value, unit))
+        value /= 1024.0
+    return str(number)
+
+
+def _error_text(exc):
+    diag = getattr(exc, 'diag', None)
+    primary = getattr(diag, 'message_primary', None) if diag else None
+    if primary:
+        return primary.strip()
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
+
+
+def _major(version_num):
+    return version_num // 10000 if version_num >= 100000 else version_num // 100
+
+
+def _version_text(version_num):
+    if version_num >= 100000:
+        return '%d.%d' % (version_num // 10000, version_num % 10000)
+    return '%d.%d.%d' % (version_num // 10000, (version_num // 100) % 100, version_num % 100)
+
+
+class _Holder:
+    """Facts read from one connection, and the errors of the queries that failed."""
+
+    def __init__(self, name):
+        self.name = name
+        self.failure = None     # ConnectionFailure when the connection could not be made
+        self.facts = {}
+        self.errors = {}
+
+    @property
+    def ok(self):
+        return self.failure is None
+
+    def fetch(self, key, conn, query, params=None, how='all'):
+        try:
+            with conn.cursor() as cur:
+                cur.execute(query, params)
+                if how == 'all':
+                    result = cur.fetchall()
+                else:
+                    row = cur.fetchone()
+                    result = row if how == 'one' else (row[0] if row else None)
+        except psycopg.Error as exc:
+            self.errors[key] = _error_text(exc)
+            return None
+        self.facts[key] = result
+        return result
+
+    def get(self, key, default=None):
+        return self.facts.get(key, default)
+
+
+class _Ctx:
+    def __init__(self, source, destination, task, databases, tables, exclude_tables, plugin, incremental, resuming):
+        self.source_spec = source
+        self.dest_spec = destination
+        self.task = task
+        self.databases_option = list(databases) if databases else None
+        self.include = list(tables or [])
+        self.exclude = list(exclude_tables or [])
+        self.plugin = plugin or 'pgoutput'
+        self.incremental = bool(incremental)
+        self.resuming = bool(resuming)
+        self.task_error = None
+        self.object_re = None
+        self.selection_error = None
+        self.src = _Holder('source')
+        self.dst = _Holder('destination')
+        self.db_names = []              # the selected source databases
+        self.db_problems = []           # (dbname, problem) of the databases option
+        self.src_dbs = {}               # dbname -> _Holder (normal connection facts)
+        self.repl = {}                  # dbname -> None or failure message
+        self.dst_dbs = {}               # dbname -> _Holder, only for databases that exist on the destination
+        self.plugin_result = None       # (status, message, hint)
+        self.expected_names = {}        # object name -> dbname
+
+    @property
+    def whole_databases(self):
+        return not self.include
+
+    def reachable_dbs(self):
+        return [db for db in self.db_names if db in self.src_dbs and self.src_dbs[db].ok]
+
+    def unreachable_dbs(self):
+        return [db for db in self.db_names if db not in self.src_dbs or not self.src_dbs[db].ok]
+
+    def selected(self, dbname):
+        return self.src_dbs[dbname].get('selected', [])
+
+    def all_selected(self):
+        return [(db, t) for db in self.reachable_dbs() for t in self.selected(db)]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Phase 1: facts
+# ------------------------------------------------------------------------------------------------------------------
+
+_SOURCE_ROLE = """
+SELECT current_user, r.rolsuper, r.rolreplication, r.rolcreatedb
+  FROM pg_catalog.pg_roles r WHERE r.rolname = current_user
+"""
+
+_DATABASES = """
+SELECT d.datname, d.datistemplate, d.datallowconn, pg_catalog.pg_encoding_to_char(d.encoding),
+       d.datcollate, d.datctype, {provider}, {icu_locale},
+       pg_catalog.has_database_privilege(d.oid, 'CREATE')
+  FROM pg_catalog.pg_database d ORDER BY d.datname
+"""
+
+_SETTINGS = """
+SELECT name, setting, unit, pg_catalog.current_setting(name), source
+  FROM pg_catalog.pg_settings WHERE name = ANY(%s)
+"""
+
+_SLOTS = """
+SELECT slot_name, plugin, slot_type, database, active, active_pid, temporary, {wal_status}
+  FROM pg_catalog.pg_replication_slots ORDER BY slot_name
+"""
+
+_LONG_TRANSACTIONS = """
+SELECT pid, usename, datname, application_name, state, backend_type,
+       EXTRACT(EPOCH FROM now() - xact_start)::bigint
+  FROM pg_catalog.pg_stat_activity
+ WHERE pid <> pg_catalog.pg_backend_pid() AND backend_xid IS NOT NULL
+   AND xact_start < now() - pg_catalog.make_interval(secs => %s)
+ ORDER BY xact_start
+"""
+
+_HIDDEN_XID_SESSIONS = """
+SELECT count(*) FROM pg_catalog.pg_stat_activity
+ WHERE pid <> pg_catalog.pg_backend_pid() AND backend_xid IS NOT NULL AND xact_start IS NULL
+"""
+
+_PREPARED = """
+SELECT gid, owner, database, EXTRACT(EPOCH FROM now() - prepared)::bigint
+  FROM pg_catalog.pg_prepared_xacts ORDER BY prepared
+"""
+
+_SERVER_IDENTITY = """
+SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.pg_postmaster_start_time()::text
+"""
+
+_SYSTEM_IDENTIFIER = 'SELECT system_identifier::text FROM pg_catalog.pg_control_system()'
+
+
+def _reclassify(failure, spec):
+    """connection.classify_error reads the "no encryption" of a missing pg_hba.conf entry as an SSL mismatch."""
+    if failure.kind == 'ssl_required' and 'no pg_hba.conf entry' in failure.message:
+        detail = failure.message.split(': ', 1)[-1]
+        return ConnectionFailure('not_allowed', 'the server at %s:%s has no pg_hba.conf entry that allows user "%s": %s'
+                                 % (spec.host or 'local socket', spec.port, spec.user or '', detail))
+    return failure
+
+
+def _connect(holder, spec, dbname=None, **kwargs):
+    try:
+        return connect(spec, dbname=dbname, **kwargs)
+    except ConnectionFailure as exc:
+        holder.failure = _reclassify(exc, spec)
+    except Exception as exc:  # pylint: disable=broad-except  # any other driver error is still a failed item
+        holder.failure = ConnectionFailure('error', 'cannot connect: %s' % _error_text(exc))
+    return None
+
+
+def _databases_query(version):
+    if version >= 150000:
+        return sql.SQL(_DATABASES).format(provider=sql.SQL('d.datlocprovider::text'), icu_locale=sql.SQL('d.daticulocale'))
+    return sql.SQL(_DATABASES).format(provider=sql.Literal('c'), icu_locale=sql.NULL)
+
+
+def _settings_map(rows):
+    return {r[0]: {'setting': r[1], 'unit': r[2], 'display': r[3], 'source': r[4]} for r in rows or []}
+
+
+def _gather_source(ctx):
+    src = ctx.src
+    conn = _connect(src, ctx.source_spec)
+    if conn is None:
+        return
+    with conn:
+        version = conn.info.server_version
+        src.facts['version'] = version
+        src.fetch('role', conn, _SOURCE_ROLE, how='one')
+        src.fetch('databases', conn, _databases_query(version))
+        src.fetch('settings', conn, _SETTINGS, (list(SOURCE_SETTINGS),))
+        src.facts['settings'] = _settings_map(src.get('settings'))
+        wal_status = sql.Identifier('wal_status') if version >= 130000 else sql.NULL
+        src.fetch('slots', conn, sql.SQL(_SLOTS).format(wal_status=wal_status))
+        src.fetch('walsenders', conn, "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'walsender'",
+                  how='value')
+        src.fetch('long_transactions', conn, _LONG_TRANSACTIONS, (LONG_TRANSACTION_SECONDS,))
+        src.fetch('hidden_xid_sessions', conn, _HIDDEN_XID_SESSIONS, how='value')
+        src.fetch('prepared', conn, _PREPARED)
+        src.fetch('identity', conn, _SERVER_IDENTITY, how='one')
+        src.fetch('system_identifier', conn, _SYSTEM_IDENTIFIER, how='value')
+        src.fetch('version_text', conn, 'SHOW server_version', how='value')
+
+
+def _select_databases(ctx):
+    """The selected source databases, and what is wrong with the `databases` option."""
+    rows = ctx.src.get('databases') or []
+    info = {r[0]: r for r in rows}
+    if ctx.databases_option is None:
+        ctx.db_names = [r[0] for r in rows if not r[1] and r[2] and r[0] != STATE_DATABASE]
+        return
+    seen = []
+    for name in ctx.databases_option:
+        if name in seen:
+            continue
+        seen.append(name)
+        row = info.get(name)
+        if name == STATE_DATABASE:
+            ctx.db_problems.append((name, 'is the name of the pgdts state database and cannot be migrated'))
+        elif row is None:
+            ctx.db_problems.append((name, 'does not exist on the source'))
+        elif row[1]:
+            ctx.db_problems.append((name, 'is a template database'))
+        elif not row[2]:
+            ctx.db_problems.append((name, 'does not allow connections (datallowconn is false)'))
+        else:
+            ctx.db_names.append(name)
+
+
+_REPLICA_IDENTITY_MISSING = """
+SELECT c.oid FROM pg_catalog.pg_class c
+ WHERE c.oid = ANY(%s) AND c.relkind = 'r'
+   AND NOT (c.relreplident = 'f'
+            OR (c.relreplident = 'd' AND EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                                                  WHERE i.indrelid = c.oid AND i.indisprimary))
+            OR (c.relreplident = 'i' AND EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                                                  WHERE i.indrelid = c.oid AND i.indisreplident)))
+"""
+
+_NO_SELECT = """
+SELECT c.oid FROM pg_catalog.pg_class c
+ WHERE c.oid = ANY(%s) AND NOT pg_catalog.has_table_privilege(c.oid, 'SELECT')
+"""
+
+_NO_USAGE = """
+SELECT n.nspname FROM pg_catalog.pg_namespace n
+ WHERE n.nspname = ANY(%s) AND NOT pg_catalog.has_schema_privilege(n.oid, 'USAGE') ORDER BY 1
+"""
+
+_SEQUENCES = """
+SELECT DISTINCT sn.nspname, s.relname, pg_catalog.has_sequence_privilege(s.oid, 'SELECT')
+  FROM pg_catalog.pg_class s
+  JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace
+ WHERE s.relkind = 'S'
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_class'::regclass
+                      AND e.objid = s.oid AND e.deptype = 'e')
+   AND (%s
+        OR EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                    WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = s.oid
+                      AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = ANY(%s)
+                      AND d.deptype IN ('a', 'i'))
+        OR EXISTS (SELECT 1 FROM pg_catalog.pg_attrdef ad
+                     JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.objid = ad.oid
+                    WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = s.oid
+                      AND ad.adrelid = ANY(%s)))
+   AND sn.nspname NOT IN ('pg_catalog', 'information_schema')
+ ORDER BY 1, 2
+"""
+
+_NOT_OWNED = """
+SELECT c.oid FROM pg_catalog.pg_class c
+ WHERE c.oid = ANY(%s) AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')
+"""
+
+_TRIGGERS = """
+SELECT t.tgrelid, t.tgname, t.tgenabled::text FROM pg_catalog.pg_trigger t
+ WHERE t.tgrelid = ANY(%s) AND NOT t.tgisinternal ORDER BY 1, 2
+"""
+
+_RULES = """
+SELECT r.ev_class, r.rulename, r.ev_enabled::text, r.ev_type::text, r.is_instead FROM pg_catalog.pg_rewrite r
+ WHERE r.ev_class = ANY(%s) AND r.rulename <> '_RETURN' ORDER BY 1, 2
+"""
+
+_FOREIGN_KEYS = """
+SELECT c.conrelid, c.conname, c.confrelid, fn.nspname, fc.relname, c.conparentid <> 0
+  FROM pg_catalog.pg_constraint c
+  JOIN pg_catalog.pg_class fc ON fc.oid = c.confrelid
+  JOIN pg_catalog.pg_namespace fn ON fn.oid = fc.relnamespace
+ WHERE c.contype = 'f' AND c.conrelid = ANY(%s)
+ ORDER BY c.conparentid <> 0, c.conrelid, c.conname
+"""
+
+_MATVIEWS = """
+SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind = 'm' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_class'::regclass
+                      AND e.objid = c.oid AND e.deptype = 'e')
+ ORDER BY 1, 2
+"""
+
+_EXTENSIONS = """
+SELECT e.extname, e.extversion FROM pg_catalog.pg_extension e WHERE e.extname <> 'plpgsql' ORDER BY 1
+"""
+
+_COLUMN_COLLATIONS = """
+SELECT DISTINCT n.nspname, co.collname, co.collprovider::text
+  FROM pg_catalog.pg_attribute a
+  JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation
+  JOIN pg_catalog.pg_namespace n ON n.oid = co.collnamespace
+ WHERE a.attrelid = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped AND a.attcollation <> 0
+   AND co.collname <> 'default'
+ ORDER BY 1, 2
+"""
+
+_PUBLICATIONS = r"SELECT pubname FROM pg_catalog.pg_publication WHERE pubname LIKE 'pgdts\_%' ORDER BY 1"
+
+_SELECTED_SIZE = """
+SELECT COALESCE(sum(pg_catalog.pg_total_relation_size(r.oid)), 0)::bigint
+  FROM pg_catalog.pg_class r WHERE r.oid = ANY(%s)
+"""
+
+
+def _gather_source_db(ctx, dbname):
+    holder = _Holder(dbname)
+    ctx.src_dbs[dbname] = holder
+    conn = _connect(holder, ctx.source_spec, dbname=dbname)
+    if conn is None:
+        return
+    with conn:
+        holder.fetch('settings', conn, _SETTINGS, (list(SESSION_SETTINGS),))
+        holder.facts['settings'] = _settings_map(holder.get('settings'))
+        try:
+            tables = catalog.load_tables(conn, dbname)
+        except psycopg.Error as exc:
+            holder.errors['tables'] = _error_text(exc)
+            tables = []
+        holder.facts['tables'] = tables
+        holder.facts['by_oid'] = {t.oid: t for t in tables}
+        if ctx.selection_error is None:
+            selected = catalog.select_tables(tables, ctx.include, ctx.exclude)
+        else:
+            selected = []
+        holder.facts['selected'] = selected
+        oids = [t.oid for t in selected]
+        holder.fetch('no_replica_identity', conn, _REPLICA_IDENTITY_MISSING, (oids,))
+        holder.fetch('no_select', conn, _NO_SELECT, (oids,))
+        holder.fetch('no_usage', conn, _NO_USAGE, (sorted({t.schema for t in selected}),))
+        holder.fetch('sequences', conn, _SEQUENCES, (ctx.whole_databases, oids, oids))
+        holder.fetch('not_owned', conn, _NOT_OWNED, (oids,))
+        holder.fetch('can_create', conn, "SELECT pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE')",
+                     how='value')
+        holder.fetch('triggers', conn, _TRIGGERS, (oids,))
+        holder.fetch('rules', conn, _RULES, (oids,))
+        holder.fetch('foreign_keys', conn, _FOREIGN_KEYS, (oids,))
+        holder.fetch('matviews', conn, _MATVIEWS)
+        holder.fetch('large_objects', conn, 'SELECT count(*) FROM pg_catalog.pg_largeobject_metadata', how='value')
+        holder.fetch('extensions', conn, _EXTENSIONS)
+        holder.fetch('collations', conn, _COLUMN_COLLATIONS, (oids,))
+        holder.fetch('publications', conn, _PUBLICATIONS)
+        holder.fetch('size', conn, _SELECTED_SIZE, (oids,), how='value')
+
+
+def _gather_replication(ctx):
+    """A replication=database connection to every selected database (pg_hba, REPLICATION, max_wal_senders)."""
+    for dbname in ctx.reachable_dbs() or [ctx.source_spec.dbname]:
+        probe = _Holder(dbname)
+        conn = _connect(probe, ctx.source_spec, dbname=dbname, replication='database')
+        if conn is None:
+            ctx.repl[dbname] = probe.failure.message
+            continue
+        with conn:
+            probe.fetch('identify', conn, 'IDENTIFY_SYSTEM', how='one')
+        ctx.repl[dbname] = probe.errors.get('identify')
+
+
+def _blocking_transactions(ctx):
+    return bool(ctx.src.get('long_transactions') or ctx.src.get('prepared'))
+
+
+def _check_plugin_load(ctx):
+    """Create a TEMPORARY logical slot with the chosen plugin in a throw-away session; (status, message, hint)."""
+    src = ctx.src
+    settings = src.get('settings') or {}
+    wal_level = settings.get('wal_level', {}).get('setting')
+    if wal_level != 'logical':
+        return (FAILED, 'skipped because wal_level is %s, not logical, so no logical slot can be made (see '
+                        'source.wal_level)' % (wal_level or 'unknown'),
+                'Set wal_level = logical on the source and restart it, then verify again.')
+    free = _free_slots(ctx)
+    if free is not None and free < 1:
+        return (FAILED, 'skipped because no replication slot is free on the source to try plugin %s in a temporary '
+                        'slot (see source.replication_slots)' % ctx.plugin,
+                'Free a replication slot or raise max_replication_slots, then verify again.')
+    dbname = (ctx.reachable_dbs() or [ctx.source_spec.dbname])[0]
+    probe = _Holder(dbname)
+    conn = _connect(probe, ctx.source_spec, dbname=dbname)
+    if conn is None:
+        return (FAILED, 'skipped because pgdts could not connect to database "%s" of the source: %s'
+                % (dbname, probe.failure.message), CONNECTION_HINTS.get(probe.failure.kind, ''))
+    slot = 'pgdts_verify_%d_%s_chk' % (os.getpid() % 100000, secrets.token_hex(4))
+    timeout = PLUGIN_CHECK_BLOCKED_TIMEOUT_MS if _blocking_transactions(ctx) else PLUGIN_CHECK_TIMEOUT_MS
+    try:
+        with conn:
+            conn.execute(sql.SQL('SET statement_timeout = {}').format(sql.Literal(timeout)))
+            try:
+                conn.execute('SELECT pg_catalog.pg_create_logical_replication_slot(%s, %s, true)', (slot, ctx.plugin))
+            except psycopg.errors.QueryCanceled:
+                return (PASS, 'decoding plugin %s loaded in database "%s"; the temporary slot then waited for open '
+                              'transactions and was given up after %d s (see source.long_transactions and '
+                              'source.prepared_transactions)' % (ctx.plugin, dbname, timeout // 1000), '')
+            conn.execute('SELECT pg_catalog.pg_drop_replication_slot(%s)', (slot,))
+    except psycopg.Error as exc:
+        text = _error_text(exc)
+        hint = 'Fix the error above and verify again.'
+        if 'could not access file' in text or 'could not load library' in text:
+            hint = ('The plugin library is not installed on the source server: install it (for wal2json the '
+                    'postgresql-<major>-wal2json package, or pgdts.migration.pg_dts_plugin_install), no restart needed.')
+        elif 'permission denied' in text or 'must be superuser or replication role' in text:
+            hint = 'Give the source role the REPLICATION attribute (see source.replication_privilege).'
+        return (FAILED, 'decoding plugin %s could not be used in database "%s": %s' % (ctx.plugin, dbname, text), hint)
+    return (PASS, 'decoding plugin %s loads: a temporary slot was created and dropped in database "%s"'
+            % (ctx.plugin, dbname), '')
+
+
+_DEST_ROLE = _SOURCE_ROLE
+
+_DEST_SETTINGS = ('max_replication_slots', 'max_active_replication_origins', 'data_directory', 'server_version')
+
+
+def _gather_destination(ctx):
+    dst = ctx.dst
+    conn = _connect(dst, ctx.dest_spec)
+    if conn is None:
+        return
+    with conn:
+        version = conn.info.server_version
+        dst.facts['version'] = version
+        dst.fetch('role', conn, _DEST_ROLE, how='one')
+        dst.fetch('databases', conn, _databases_query(version))
+        dst.fetch('settings', conn, _SETTINGS, (list(_DEST_SETTINGS),))
+        dst.facts['settings'] = _settings_map(dst.get('settings'))
+        dst.fetch('identity', conn, _SERVER_IDENTITY, how='one')
+        dst.fetch('system_identifier', conn, _SYSTEM_IDENTIFIER, how='value')
+        dst.fetch('version_text', conn, 'SHOW server_version', how='value')
+        trusted = sql.Identifier('trusted') if version >= 130000 else sql.Literal(False)
+        dst.fetch('available_extensions', conn, sql.SQL(
+            'SELECT name, version, superuser, {} FROM pg_catalog.pg_available_extension_versions').format(trusted))
+        dst.fetch('catalog_collations', conn, "SELECT collname, collcollate, collprovider::text FROM pg_catalog.pg_collation "
+                                              "WHERE collnamespace = 'pg_catalog'::regnamespace")
+        privileges = [sql.SQL('pg_catalog.has_function_privilege({}, {})').format(sql.Literal(f), sql.Literal('EXECUTE'))
+                      for f in APPLY_FUNCTIONS]
+        dst.fetch('function_privileges', conn, sql.SQL('SELECT {}').format(sql.SQL(', ').join(privileges)), how='one')
+        if version >= 150000:
+            dst.fetch('srr_privilege', conn, "SELECT pg_catalog.has_parameter_privilege('session_replication_role', 'SET')",
+                      how='value')
+        dst.fetch('origins', conn, r"SELECT roname FROM pg_catalog.pg_replication_origin WHERE roname LIKE 'pgdts\_%' "
+                                   "ORDER BY 1")
+        dst.fetch('origin_states', conn, 'SELECT count(*) FROM pg_catalog.pg_replication_origin_status', how='value')
+
+
+_DEST_RELATIONS = """
+SELECT c.oid, n.nspname, c.relname, c.relkind::text, pg_catalog.has_table_privilege(c.oid, 'SELECT')
+  FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  JOIN unnest(%s::text[], %s::text[]) AS s(nsp, rel) ON s.nsp = n.nspname AND s.rel = c.relname
+ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+ ORDER BY 2, 3
+"""
+
+_DEST_SCHEMAS = """
+SELECT n.nspname, (SELECT count(*) FROM pg_catalog.pg_class c WHERE c.relnamespace = n.oid),
+       pg_catalog.has_schema_privilege(n.oid, 'CREATE')
+  FROM pg_catalog.pg_namespace n WHERE n.nspname = ANY(%s) ORDER BY 1
+"""
+
+_DEST_COLLATIONS = """
+SELECT n.nspname, co.collname FROM pg_catalog.pg_collation co
+  JOIN pg_catalog.pg_namespace n ON n.oid = co.collnamespace
+ WHERE co.collname = ANY(%s)
+"""
+
+_EXISTS_BATCH = 400
+
+
+def _source_schemas(ctx, dbname):
+    """Schemas the migration creates in `dbname`: those of selected tables (every user schema for a whole database)."""
+    holder = ctx.src_dbs.get(dbname)
+    if holder is None or not holder.ok:
+        return []
+    schemas = {t.schema for t in holder.get('selected', [])}
+    if ctx.whole_databases:
+        schemas.update(t.schema for t in holder.get('tables', []))
+        schemas.update(s for s, _n in holder.get('matviews') or [])
+    return sorted(schemas)
+
+
+def _gather_destination_db(ctx, dbname):
+    holder = _Holder(dbname)
+    ctx.dst_dbs[dbname] = holder
+    conn = _connect(holder, ctx.dest_spec, dbname=dbname)
+    if conn is None:
+        return
+    selected = ctx.selected(dbname) if dbname in ctx.src_dbs and ctx.src_dbs[dbname].ok else []
+    with conn:
+        rows = holder.fetch('relations', conn, _DEST_RELATIONS, ([t.schema for t in selected], [t.name for t in selected]))
+        holder.fetch('schemas', conn, _DEST_SCHEMAS, (_source_schemas(ctx, dbname),))
+        holder.fetch('extensions', conn, 'SELECT extname, extversion FROM pg_catalog.pg_extension')
+        names = sorted({r[1] for r in (ctx.src_dbs[dbname].get('collations') or [])}) if dbname in ctx.src_dbs else []
+        holder.fetch('collations', conn, _DEST_COLLATIONS, (names,))
+        has_rows = {}
+        readable = [r for r in rows or [] if r[3] in ('r', 'p') and r[4]]
+        for start in range(0, len(readable), _EXISTS_BATCH):
+            chunk = readable[start:start + _EXISTS_BATCH]
+            parts = [sql.SQL('SELECT {}::oid, EXISTS (SELECT 1 FROM {} LIMIT 1)').format(
+                sql.Literal(r[0]), sql.Identifier(r[1], r[2])) for r in chunk]
+            result = holder.fetch('rows_%d' % start, conn, sql.SQL(' UNION ALL ').join(parts))
+            for oid, present in result or []:
+                has_rows[oid] = present
+        holder.facts['has_rows'] = has_rows
+
+
+def _gather(ctx):
+    _gather_source(ctx)
+    if ctx.src.ok:
+        _select_databases(ctx)
+        for dbname in ctx.db_names:
+            _gather_source_db(ctx, dbname)
+        _gather_replication(ctx)
+        ctx.plugin_result = _check_plugin_load(ctx)
+    elif ctx.databases_option:
+        ctx.db_names = [d for d in dict.fromkeys(ctx.databases_option) if d != STATE_DATABASE]
+    _gather_destination(ctx)
+    if ctx.dst.ok:
+        existing = {r[0] for r in ctx.dst.get('databases') or []}
+        for dbname in ctx.db_names:
+            if dbname in existing:
+                _gather_destination_db(ctx, dbname)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Phase 2: items
+# ------------------------------------------------------------------------------------------------------------------
+
+def _skip_source(check_id):
+    return _item(check_id, FAILED, 'skipped because pgdts could not connect to the source (see source.connection)',
+                 'Fix the source connection first.')
+
+
+def _skip_destination(check_id):
+    return _item(check_id, FAILED, 'skipped because pgdts could not connect to the destination (see '
+                                   'destination.connection)', 'Fix the destination connection first.')
+
+
+def _fact_error(check_id, holder, *keys):
+    for key in keys:
+        if key in holder.errors:
+            where = 'the %s' % holder.name if holder.name in ('source', 'destination') else 'database "%s"' % holder.name
+            return _item(check_id, FAILED, 'could not be checked: reading %s failed: %s' % (where, holder.errors[key]),
+                         'Grant the role read access to the system catalogs named in the error, or check manually.')
+    return None
+
+
+def _with_unreachable(ctx, entry):
+    """Escalate an item to failed when some selected databases could not be read."""
+    missing = ctx.unreachable_dbs()
+    if not missing:
+        return entry
+    entry['status'] = FAILED
+    entry['message'] = ('skipped for %s because pgdts could not connect to %s (see source.databases); %s'
+                        % (_names('"%s"' % d for d in missing), 'it' if len(missing) == 1 else 'them', entry['message']))
+    entry['hint'] = entry['hint'] or 'Fix the database connections first.'
+    return entry
+
+
+def _table_obj(db, schema, name, **extra):
+    obj = {'type': 'table', 'database': db, 'schema': schema, 'name': name}
+    obj.update(extra)
+    return obj
+
+
+def _tdisplay(db, schema, name):
+    return _qname(db, schema, name)
+
+
+def _per_db_items(ctx, check_id, keys, evaluate):
+    """Collect per-database findings with `evaluate(db, holder)` -> list of objects; errors become failed items."""
+    if not ctx.src.ok:
+        return None, _skip_source(check_id)
+    if ctx.selection_error:
+        return None, _item(check_id, FAILED, 'skipped because the table selection is invalid (see tables.selection)',
+                           'Fix the tables / exclude_tables patterns.')
+    found = []
+    for db in ctx.reachable_dbs():
+        holder = ctx.src_dbs[db]
+        error = _fact_error(check_id, holder, *keys)
+        if error:
+            return None, error
+        found.extend(evaluate(db, holder))
+    return found, None
+
+
+def check_task_name(ctx):
+    if ctx.task_error:
+        return _item('task.name', FAILED, ctx.task_error,
+                     'Use a name that starts with a lower-case letter and holds only lower-case letters, digits and '
+                     'underscores (at most 40 characters).')
+    return _item('task.name', PASS, 'task name "%s" is valid; its slots, publications and origins are named '
+                                    'pgdts_%s_<database tag>' % (ctx.task, ctx.task))
+
+
+def _connection_item(check_id, holder, spec, role):
+    obj = {'type': 'server', 'role': role, 'host': spec.host, 'port': spec.port, 'dbname': spec.dbname, 'user': spec.user}
+    if not holder.ok:
+        failure = holder.failure
+        return _item(check_id, FAILED, 'cannot connect to the %s: %s' % (role, failure.message),
+                     CONNECTION_HINTS.get(failure.kind, 'Check the connection options and the server log.'), [obj])
+    return _item(check_id, PASS, 'connected to the %s %s (PostgreSQL %s)'
+                 % (role, spec.describe(), holder.get('version_text') or _version_text(holder.get('version'))), '', [obj])
+
+
+def check_source_connection(ctx):
+    return _connection_item('source.connection', ctx.src, ctx.source_spec, 'source')
+
+
+def check_destination_connection(ctx):
+    return _connection_item('destination.connection', ctx.dst, ctx.dest_spec, 'destination')
+
+
+def check_databases(ctx):
+    cid = 'source.databases'
+    if not ctx.src.ok:
+        return _skip_source(cid)
+    error = _fact_error(cid, ctx.src, 'databases')
+    if error:
+        return error
+    problems = list(ctx.db_problems)
+    for db in ctx.unreachable_dbs():
+        failure = ctx.src_dbs[db].failure if db in ctx.src_dbs else None
+        problems.append((db, 'cannot be connected to: %s' % (failure.message if failure else 'unknown error')))
+    objects = [{'type': 'database', 'name': db, 'problem': p} for db, p in problems]
+    if problems:
+        hints = []
+        if any('state database' in p for _d, p in problems):
+            hints.append('"pgdts" is reserved for the pgdts state database: remove it from databases.')
+        if any('does not exist' in p for _d, p in problems):
+            hints.append('List only databases that exist on the source (SELECT datname FROM pg_database).')
+        if any('template' in p or 'datallowconn' in p for _d, p in problems):
+            hints.append('Template databases and databases that refuse connections cannot be migrated.')
+        if any('cannot be connected' in p for _d, p in problems):
+            hints.append('Let the role connect to these databases (GRANT CONNECT ON DATABASE ...; a pg_hba.conf line '
+                         'for them).')
+        return _item(cid, FAILED, 'selected databases with problems: %s'
+                     % '; '.join('"%s" %s' % (d, p) for d, p in problems), ' '.join(hints), objects)
+    if not ctx.db_names:
+        return _item(cid, FAILED, 'no database selected: the source has no non-template database that allows '
+                                  'connections', 'Create the databases to migrate or list them in databases.')
+    default = '' if ctx.databases_option else ' (every database that allows connections; "%s" excluded)' % STATE_DATABASE
+    shown = _names('"%s"' % d for d in ctx.db_names)
+    return _item(cid, PASS, '%s selected%s: %s' % (_plural(len(ctx.db_names), 'database'), default, shown),
+                 '', [{'type': 'database', 'name': d} for d in ctx.db_names])
+
+
+def check_replication_connection(ctx):
+    cid = 'source.replication_connection'
+    if not ctx.src.ok:
+        return _skip_source(cid)
+    bad = [(db, err) for db, err in ctx.repl.items() if err]
+    if bad:
+        text = ' '.join(err for _d, err in bad)
+        hints = []
+        if 'superuser or replication role' in text or 'permission denied to start WAL sender' in text:
+            hints.append('Give the role the REPLICATION attribute: ALTER ROLE %s REPLICATION;'
+                         % _ident(ctx.source_spec.user or 'current_user'))
+        if 'max_wal_senders' in text or 'replication slots' in text:
+            hints.append('Raise max_wal_senders on the source (ALTER SYSTEM SET max_wal_senders = ...; restart).')
+        if 'pg_hba.conf' in text:
+            hints.append('A logical replication connection is matched by pg_hba.conf like a normal connection to the '
+                         'database: add a line for this database, user and address, then reload.')
+        if not hints:
+            hints.append('Check pg_hba.conf, the REPLICATION attribute and max_wal_senders on the source.')
+        return _item(cid, FAILED, 'replication connections (replication=database) failed: %s'
+                     % '; '.join('"%s": %s' % (d, e) for d, e in bad), ' '.join(hints),
+                     [{'type': 'database', 'name': d, 'error': e} for d, e in bad])
+    return _item(cid, PASS, 'replication connections (replication=database) work for %s'
+                 % _names('"%s"' % d for d in ctx.repl), '', [{'type': 'database', 'name': d} for d in ctx.repl])
+
+
+def check_distinct(ctx):
+    cid = 'servers.distinct'
+    if not ctx.src.ok:
+        return _skip_source(cid)
+    if not ctx.dst.ok:
+        return _skip_destination(cid)
+    a, b = ctx.src.get('identity'), ctx.dst.get('identity')
+    if not a or not b:
+        return (_fact_error(cid, ctx.src, 'identity') or _fact_error(cid, ctx.dst, 'identity')
+                or _item(cid, FAILED, 'could not read the server identities'))
+    sys_a, sys_b = ctx.src.get('system_identifier'), ctx.dst.get('system_identifier')
+    same_system = sys_a is None or sys_b is None or sys_a == sys_b
+    if a[1] == b[1] and same_system:
+        return _item(cid, FAILED, 'source and destination are the same server (system identifier %s, started %s)'
+                     % (sys_a or sys_b or 'unknown', a[1]), 'Point destination at a different PostgreSQL server.',
+                     [{'type': 'server', 'system_identifier': sys_a or sys_b, 'started': a[1]}])
+    note = ' (the destination was cloned from the source: same system identifier)' if sys_a and sys_a == sys_b else ''
+    return _item(cid, PASS, 'source and destination are different servers%s' % note)
+
+
+def check_source_version(ctx):
+    cid = 'source.version'
+    if not ctx.src.ok:
+        return _skip_source(cid)
+    version = ctx.src.get('version')
+    text = ctx.src.get('version_text') or _version_text(version)
+    obj = [{'type': 'server', 'role': 'source', 'version': text, 'version_num': version}]
+    if version < SOURCE_MIN_VERSION:
+        return _item(cid, FAILED, 'source runs PostgreSQL %s; pgdts supports sources from %d on'
+                     % (text, _major(SOURCE_MIN_VERSION)),
+                     'Upgrade the source to PostgreSQL %d or later, or migrate it with pg_dump and downtime.'
+                     % _major(SOURCE_MIN_VERSION), obj)
+    if _major(version) > SOURCE_MAX_TESTED_MAJOR:
+        return _item(cid, WARNING, 'source runs PostgreSQL %s, newer than the newest major pgdts was tested with (%d)'
+                     % (text, SOURCE_MAX_TESTED_MAJOR), 'Run a trial migration first.', obj)
+    return _item(cid, PASS, 'source runs PostgreSQL %s (supported: %d to %d)'
+                 % (text, _major(SOURCE_MIN_VERSION), SOURCE_MAX_TESTED_MAJOR), '', obj)
+
+
+def compare_versions(source_num, dest_num):
+    """(status, message) for a source/destination server_version_num pair."""
+    src_major, dst_major = _major(source_num), _major(dest_num)
+    if dst_major < src_major:
+        return FAILED, ('destination runs PostgreSQL %d, older than the source (%d): schema and data dumped from a '
+                        'newer server may not restore on an older one' % (dst_major, src_major))
+    if dst_major != src_major:
+        return WARNING, ('destination runs PostgreSQL %d, source %d: a major version upgrade; planner behaviour, '
+                         'extension versions and defaults can differ' % (dst_major, src_major))
+    return PASS, 'source and destination run the same major version (%d)' % src_major
+
+
+def check_destination_version(ctx):
+    cid = 'destination.version'
+    if not ctx.src.ok:
+        return _skip_source(cid)
+    if not ctx.dst.ok:
+        return _skip_destination(cid)
+    status, message = compare_versions(ctx.src.get('version'), ctx.dst.get('version'))
+    hint = {FAILED: 'Use a destination that runs the same or a newer major version than the source.',
+            WARNING: 'Test the application against the destination version before cutover.'}.get(status, '')
+    return _item(cid, status, message, hint, [
+        {'type': 'server', 'role': 'source', 'version_num': ctx.src.get('version')},
+        {'type': 'server', 'role': 'destination', 'version_num': ctx.dst.get('version')}])
+
+
+def check_source_recovery(ctx):
+    cid = 'source.recovery'
+    if not ctx.src.ok:
+        return _skip_source(cid)
+    identity = ctx.src.get('identity')
+    if not identity:
+        return _fact_error(cid, ctx.src, 'identity') or _item(cid, FAILED, 'could not read the recovery state')
+    if identity[0]:
+        return _item(cid, FAILED, 'the source is a standby in recovery: pgdts needs the primary, where it creates its '
+                                  'publication and slots and where the writes happen',
+                     'Point source at the primary server (SELECT pg_is_in_recovery() returns false there).')
+    return _item(cid, PASS, 'the source is a primary (not in recovery)')
+
+
+def check_destination_recovery(ctx):
+    cid = 'destination.recovery'
+    if not ctx.dst.ok:
+        return _skip_destination(cid)
+    identity = ctx.dst.get('identity')
+    if not identity:
+        return _fact_error(cid, ctx.dst, 'identity') or _item(cid, FAILED, 'could not read the recovery state')
+    if identity[0]:
+        return _item(cid, FAILED, 'the destination is a standby in recovery and accepts no writes',
+                     'Point destination at a primary (or promote it: SELECT pg_promote()).')
+    return _item(cid, PASS, 'the destination accepts writes (not in recovery)')
+
+
+def _setting(holder, name):
+    return (holder.get('settings') or {}).get(name)
+
+
+def check_wal_level(ctx):
+    cid = 'source.wal_level'
+    if not ctx.src.ok:
+        return _skip_source(cid)
+    value = _setting(ctx.src, 'wal_level')
+    current = value['setting'] if value else 'unknown'
+    obj = [{'type': 'setting', 'name': 'wal_level', 'value': current, 'required': 'logical'}]
+    if current != 'logical':
+        return _item(cid, FAILED, 'wal_level is %s on the source; logical decoding needs logical' % current,
+                     'ALTER SYSTEM SET wal_level = logical; then restart the source (pgdts.migration.pg_dts_source_config '
+                     'does both).', obj)
+    return _item(cid, PASS, 'wal_level is logical', '', obj)
+
+
+def _own_slots(ctx):
+    if not ctx.object_re:
+        return []
+    return [r for r in ctx.src.get('slots') or [] if ctx.object_re.match(r[0])]
+
+
+def _free_slots(ctx):
+    value = _setting(ctx.src, 'max_replication_slots')
+    slots = ctx.src.get('slots')
+    if value is None or slots is None:
+        return None
+    return int(value['setting']) - len(slots)
+
+
+def check_replication_slots(ctx):
+    cid = 'source.replication_slots'
+    if not ctx.src.ok:
+        return _skip_source(cid)
+    error = _fact_error(cid, ctx.src, 'slots')
+    if error:
+        return error
+    maximum = int(_setting(ctx.src, 'max_replication_slots')['setting'])
+    slots = ctx.src.get('slots')
+    reused = len(_own_slots(ctx)) if ctx.resuming else 0
+    needed = max(len(ctx.db_names) - reused, 0)
+    free = maximum - len(slots)
+    obj = [{'type': 'setting', 'name': 'max_replication_slots', 'value': maximum, 'in_use': len(slots),
+            'needed': needed}]
+    idle = [r[0] for r in slots if not r[4] and not (ctx.object_re and ctx.object_re.match(r[0]))]
+    obj += [{'type': 'replication_slot', 'name': r[0], 'plugin': r[1], 'slot_type': r[2], 'database': r[3],
+             'active': r[4]} for r in slots]
+    counts = 'max_replication_slots = %d, %d in use, %d free; this task needs %d (one per database%s)' % (
+        maximum, len(slots), free, needed, ', its existing slots are reused' if reused else '')
+    hint = ('Raise max_replication_slots (ALTER SYSTEM SET max_replication_slots = %d; restart the source)%s.'
+            % (len(slots) + needed + 1, ', or drop slots nobody uses: %s' % _names(
+                'SELECT pg_drop_replication_slot(%s)' % _literal(s) for s in idle) if idle else ''))
+    if free < needed:
+        return _item(cid, FAILED, 'not enough free replication slots: ' + counts, hint, obj)
+    if needed and free == needed:
+        return _item(cid, WARNING, 'no spare replication slot: ' + counts + '; a table re-copied after a crash needs '
+                                   'one more, temporary slot', hint, obj)
+    return _item(cid, PASS, counts, '', obj)
+
+
+def check_wal_senders(ctx):
+    cid = 'source.wal_senders'
+    if not ctx.src.ok:
+        return _skip_source(cid)
+    error = _fact_error(cid, ctx.src, 'walsenders')
+    if error:
+        return error
+    maximum = int(_setting(ctx.src, 'max_wal_senders')['setting'])
+    used = int(ctx.src.get('walsenders') or 0)
+    needed = len(ctx.db_names)
+    free = maximum - used
+    counts = 'max_wal_senders = %d, %d in use, %d free; this task needs %d (one replication connection per database)' % (
+        maximum, used, free, needed)
+    obj = [{'type': 'setting', 'name': 'max_wal_senders', 'value': maximum, 'in_use': used, 'needed': needed}]
+    if free < needed:
+        return _item(cid, FAILED, 'not enough free WAL senders: ' + counts,
+                     'Raise max_wal_senders (ALTER SYSTEM SET max_wal_senders = %d; restart the source).'
+                     % (used + needed + 2), obj)
+    return _item(cid, PASS, counts, '', obj)
+
+
+def check_max_slot_wal_keep_size(ctx):
+    cid = 'source.max_slot_wal_keep_size'
+    if not ctx.src.ok:
+        return _skip_source(cid)
+    value = _setting(ctx.src, 'max_slot_wal_keep_size')
+    if value is None:
+        return _item(cid, PASS, 'max_slot_wal_keep_size does not exist before PostgreSQL 13: slots keep all the WAL '
+                                'they need')
+    obj = [{'type': 'setting', 'name': 'max_slot_wal_keep_size', 'value': value['display']}]
+    if int(value['setting']) >= 0:
+        return _item(cid, WARNING, 'max_slot_wal_keep_size = %s: once the task\'s slot holds back more WAL than that '
+                                   '(a long copy or a paused sync on a busy source), the server invalidates the slot '
+                                   'and the task must start over' % value['display'],
+                     'ALTER SYSTEM SET max_slot_wal_keep_size = -1; SELECT pg_reload_conf(); (or a size larger than '
+                     'the WAL the source writes during the whole copy, and watch disk space under pg_wal).', obj)
+    return _item(cid, PASS, 'max_slot_wal_keep_size = -1: the slot keeps all the WAL the task needs', '', obj)
+
+
+def _session_setting_item(ctx, cid, rules, fix_value):
+    """Per-database session settings (role and database defaults apply) judged by `rules`: [(name, bad, why)]."""
+    def evaluate(db, holder):
+        out = []
+        for name, bad, why in rules:
+            value = _setting(holder, name)
+            if value is not None and bad(int(value['setting'])):
+                out.append((db, name, value, why))
+        return out
+
+    findings, error = _per_db_items(ctx, cid, ['settings'], evaluate)
+    if error:
+        return error
+    if not findings:
+        shown = []
+        for name, _bad, _why in rules:
+            values = sorted({_setting(ctx.src_dbs[db], name)['display'] for db in ctx.reachable_dbs()
+                             if _setting(ctx.src_dbs[db], name)})
+            if values:
+                shown.append('%s is %s' % (name, ' / '.join(values)))
+        return _with_unreachable(ctx, _item(cid, PASS, '%s for the source role' % ' and '.join(shown) if shown else
+                                            '%s does not exist on this version' % rules[0][0]))
+    user = _ident(ctx.source_spec.user or 'current_user')
+    hints = []
+    for db, name, value, _why in findings:
+        if value['source'] == 'database user':
+            hints.append('ALTER ROLE %s IN DATABASE %s SET %s = %s;' % (user, _ident(db), name, fix_value))
+        else:
+            hints.append('ALTER ROLE %s SET %s = %s;' % (user, name, fix_value))
+    hint = '%s (a role setting overrides the configuration file and database settings; new sessions pick it up).' % (
+        ' '.join(sorted(set(hints))))
+    objects = [{'type': 'setting', 'name': name, 'database': db, 'value': v['display'], 'set_by': v['source']}
+               for db, name, v, _why in findings]
+    parts = []
+    for name, _bad, why in rules:
+        mine = [(db, v) for db, n, v, _w in findings if n == name]
+        if mine:
+            parts.append('%s is %s: %s' % (name, _names('%s in "%s" (set by %s)' % (v['display'], db, v['source'])
+                                                        for db, v in mine), why))
+    return _with_unreachable(ctx, _item(cid, WARNING, '; '.join(parts), hint, objects))
+
+
+def check_wal_sender_timeout(ctx):
+    return _session_setting_item(ctx, 'source.wal_sender_timeout', [(
+        'wal_sender_timeout', lambda v: v == 0 or v < WAL_SENDER_TIMEOUT_MIN_MS,
+        'below 60s the source drops the change stream while the destination applies one large transaction; 0 never '
+        'notices a dead connection, which keeps the slot busy so a resumed task cannot use it')], '60000')
+
+
+def check_statement_timeout(ctx):
+    return _session_setting_item(ctx, 'source.statement_timeout', [
+        ('statement_timeout', lambda v: v > 0,
+         'copying one table is a single COPY statement, so a table whose copy takes longer is cancelled'),
+        ('transaction_timeout', lambda v: v > 0,
+         'each copy worker reads in one long transaction, which this timeout ends')], '0')
+
+
+def check_idle_timeout(ctx):
+    return _session_setting_item(ctx, 'source.idle_in_transaction_session_timeout', [(
+        'idle_in_transaction_session_timeout', lambda v: v > 0,
+        'copy sessions keep their snapshot transaction open while they wait for the destination and would be ended')],
+        '0')
+
+
+def check_replication_privilege(ctx):
+    cid = 'source.replication_privilege'
+    if not ctx.src.ok:
+        return _skip_source(cid)
+    role = ctx.src.get('role')
+    if not role:
+        return _fact_error(cid, ctx.src, 'role') or _item(cid, FAILED, 'the source role is not in pg_roles')
+    name, superuser, replication = role[0], role[1], role[2]
+    obj = [{'type': 'role', 'name': name, 'superuser': superuser, 'replication': replication}]
+    if superuser or replication:
+        return _item(cid, PASS, 'role "%s" %s' % (name, 'is a superuser' if superuser else 'has the REPLICATION attribute'),
+                     '', obj)
+    return _item(cid, FAILED, 'role "%s" has neither REPLICATION nor superuser: it cannot create or read replication '
+                              'slots' % name,
+                 'ALTER ROLE %s REPLICATION; (on managed services grant the provider\'s replication role, for example '
+                 'rds_replication).' % _ident(name), obj)
+
+
+def check_select_privilege(ctx):
+    cid = 'source.select_privilege'
+
+    def evaluate(db, holder):
+        out = []
+        by_oid = holder.get('by_oid')
+        for (oid,) in holder.get('no_select') or []:
+            t = by_oid[oid]
+            out.append(_table_obj(db, t.schema, t.name, privilege='SELECT'))
+        for (schema,) in holder.get('no_usage') or []:
+            out.append({'type': 'schema', 'database': db, 'name': schema, 'privilege': 'USAGE'})
+        for schema, name, ok in holder.get('sequences') or []:
+            if not ok:
+                out.append({'type': 'sequence', 'database': db, 'schema': schema, 'name': name, 'privilege': 'SELECT'})
+        return out
+
+    found, error = _per_db_items(ctx, cid, ['no_select', 'no_usage', 'sequences'], evaluate)
+    if error:
+        return error
+    user = _ident(ctx.source_spec.user or 'current_user')
+    if found:
+        schemas = sorted({(o['database'], o.get('schema') or o['name']) for o in found})
+        shown = _names('%s %s' % (o['type'], _qname(o['database'], o['name']) if o['type'] == 'schema' else
+                                  _tdisplay(o['database'], o['schema'], o['name'])) for o in found)
+        grants = ' '.join('GRANT USAGE ON SCHEMA {s} TO {u}; GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {u}; '
+                          'GRANT SELECT ON ALL SEQUENCES IN SCHEMA {s} TO {u};'.format(s=_ident(s), u=user)
+                          for _d, s in schemas[:3])
+        return _with_unreachable(ctx, _item(
+            cid, FAILED, 'the source role lacks read access to %s: %s' % (_plural(len(found), 'object'), shown),
+            'In each database: %s (or GRANT pg_read_all_data TO %s on PostgreSQL 14+).' % (grants, user), found))
+    count = sum(len(ctx.selected(db)) for db in ctx.reachable_dbs())
+    return _with_unreachable(ctx, _item(cid, PASS, 'the source role can read every selected table (%d), its schema and '
+                                                   'its sequences' % count))
+
+
+def check_publication_privilege(ctx):
+    cid = 'source.publication_privilege'
+    if ctx.plugin != 'pgoutput':
+        return _item(cid, PASS, 'plugin %s needs no publication' % ctx.plugin)
+
+    def evaluate(db, holder):
+        out = []
+        if holder.get('can_create') is False:
+            out.append({'type': 'database', 'name': db, 'privilege': 'CREATE'})
+        by_oid = holder.get('by_oid')
+        for (oid,) in holder.get('not_owned') or []:
+            t = by_oid[oid]
+            out.append(_table_obj(db, t.schema, t.name, privilege='OWNER'))
+        return out
+
+    found, error = _per_db_items(ctx, cid, ['not_owned', 'can_create'], evaluate)
+    if error:
+        return error
+    if found:
+        user = _ident(ctx.source_spec.user or 'current_user')
+        dbs = [o for o in found if o['type'] == 'database']
+        tables = [o for o in found if o['type'] == 'table']
+        parts = []
+        if dbs:
+            parts.append('no CREATE privilege on %s' % _names('database "%s"' % o['name'] for o in dbs))
+        if tables:
+            parts.append('does not own %s: %s' % (_plural(len(tables), 'table'),
+                                                  _names(_tdisplay(o['database'], o['schema'], o['name']) for o in tables)))
+        return _with_unreachable(ctx, _item(
+            cid, FAILED, 'pgoutput needs a publication of the selected tables, and the source role %s (adding a table to '
+                         'a publication needs its ownership)' % '; '.join(parts),
+            'Connect as the tables\' owner or a superuser, or GRANT <owner role> TO %s;%s or use plugin wal2json, '
+            'which needs no publication.' % (user, ' GRANT CREATE ON DATABASE ... TO %s;' % user if dbs else ''), found))
+    return _with_unreachable(ctx, _item(cid, PASS, 'the source role may create the publication (it owns the selected '
+                                                   'tables and may create in the databases)'))
+
+
+def check_long_transactions(ctx):
+    cid = 'source.long_transactions'
+    if not ctx.src.ok:
+        return _skip_source(cid)
+    error = _fact_error(cid, ctx.src, 'long_transactions')
+    if error:
+        return error
+    rows = ctx.src.get('long_transactions') or []
+    hidden = int(ctx.src.get('hidden_xid_sessions') or 0)
+    note = ''
+    if hidden:
+        note = ('; %s of other roles hold a transaction id but their age is hidden from this role (grant it '
+                'pg_read_all_stats to see them)' % _plural(hidden, 'session'))
+    if not rows:
+        return _item(cid, PASS, 'no transaction has held a transaction id for more than %d s%s'
+                     % (LONG_TRANSACTION_SECONDS, note))
+    objects = [{'type': 'session', 'pid': r[0], 'user': r[1], 'database': r[2], 'application_name': r[3],
+                'state': r[4], 'backend_type': r[5], 'transaction_seconds': r[6]} for r in rows]
+    shown = _names('pid %d (%s, %s, %s, open %d s)' % (r[0], r[1], r[2], r[4], r[6]) for r in rows)
+    return _item(cid, WARNING, '%s %s open with a transaction id: creating the task\'s slot waits until they end%s: %s'
+                 % (_plural(len(rows), 'transaction'), 'is' if len(rows) == 1 else 'are', note, shown),
+                 'Let them finish, or end them: SELECT pg_terminate_backend(pid) for %s. Sessions "idle in '
+                 'transaction" usually come from an application that forgot to commit.'
+                 % _names(str(r[0]) for r in rows), objects)
+
+
+def check_prepared_transactions(ctx):
+    cid = 'source.prepared_transactions'
+    if not ctx.src.ok:
+        return _skip_source(cid)
+    error = _fact_error(cid, ctx.src, 'prepared')
+    if error:
+        return error
+    rows = ctx.src.get('prepared') or []
+    if not rows:
+        return _item(cid, PASS, 'no prepared (two-phase) transactions on the source')
+    objects = [{'type': 'prepared_transaction', 'gid': r[0], 'owner': r[1], 'database': r[2], 'seconds': r[3]}
+               for r in rows]
+    return _item(cid, WARNING, '%s %s: creating the task\'s slot waits until each is committed or rolled back: %s'
+                 % (_plural(len(rows), 'prepared transaction'), 'is pending' if len(rows) == 1 else 'are pending',
+                    _names('%s (database %s, prepared %d s ago)' % (_literal(r[0]), r[2], r[3]) for r in rows)),
+                 'Resolve them with their transaction manager, or in the named database: COMMIT PREPARED %s; or '
+                 'ROLLBACK PREPARED %s;' % (_literal(rows[0][0]), _literal(rows[0][0])), objects)
+
+
+def check_plugin_load(ctx):
+    cid = 'plugin.load'
+    if not ctx.src.ok:
+        return _skip_source(cid)
+    status, message, hint = ctx.plugin_result
+    return _item(cid, status, message, hint, [{'type': 'plugin', 'name': ctx.plugin}])
+
+
+def check_numeric_special_values(ctx):
+    cid = 'plugin.numeric_special_values'
+    if ctx.plugin != 'wal2json':
+        return _item(cid, PASS, 'plugin %s carries NaN and Infinity of numeric and float columns as they are' % ctx.plugin)
+
+    def evaluate(db, holder):
+        return [{'type': 'column', 'database': db, 'schema': t.schema, 'table': t.name, 'name': c.name,
+                 'data_type': c.type_name}
+                for t in holder.get('selected', []) if t.relkind != 'p' for c in t.columns
+                if c.type_oid in NUMERIC_TYPE_OIDS and not c.generated]
+
+    found, error = _per_db_items(ctx, cid, ['tables'], evaluate)
+    if error:
+        return error
+    if not found:
+        return _with_unreachable(ctx, _item(cid, PASS, 'no selected column is numeric, real or double precision'))
+    shown = _names('%s.%s (%s)' % (_tdisplay(o['database'], o['schema'], o['table']), _ident(o['name']), o['data_type'])
+                   for o in found)
+    return _with_unreachable(ctx, _item(
+        cid, WARNING, 'wal2json writes NaN, Infinity and -Infinity of numeric and float columns as null, so changes '
+                      'made during the sync arrive as NULL (or fail on NOT NULL columns): %s: %s'
+                      % (_plural(len(found), 'column'), shown),
+        'Use plugin pgoutput, or make sure these columns never hold NaN or Infinity (for example CHECK (col <> '
+        "'NaN')).", found))
+
+
+def check_task_objects(ctx):
+    cid = 'task.objects'
+    if ctx.task_error:
+        return _item(cid, FAILED, 'skipped because the task name is invalid (see task.name)', 'Fix the task name.')
+    if not ctx.src.ok:
+        return _skip_source(cid)
+    if not ctx.dst.ok:
+        return _skip_destination(cid)
+    error = _fact_error(cid, ctx.src, 'slots') or _fact_error(cid, ctx.dst, 'origins')
+    if error:
+        return error
+    objects = []
+    for r in _own_slots(ctx):
+        objects.append({'type': 'replication_slot', 'name': r[0], 'plugin': r[1], 'slot_type': r[2], 'database': r[3],
+                        'active': r[4], 'active_pid': r[5], 'wal_status': r[7]})
+    for db in ctx.reachable_dbs():
+        holder = ctx.src_dbs[db]
+        for (name,) in holder.get('publications') or []:
+            if ctx.object_re.match(name):
+                objects.append({'type': 'publication', 'name': name, 'database': db})
+    for (name,) in ctx.dst.get('origins') or []:
+        if ctx.object_re.match(name):
+            objects.append({'type': 'replication_origin', 'name': name})
+    unknown = ''
+    if ctx.unreachable_dbs():
+        unknown = ' (publications in %s not checked: no connection)' % _names('"%s"' % d for d in ctx.unreachable_dbs())
+    if not objects:
+        return _item(cid, PASS, 'no slot, publication or origin named for task "%s" exists%s' % (ctx.task, unknown))
+    shown = _names('%s %s' % (o['type'].replace('_', ' '), o['name']) for o in objects)
+    if not ctx.resuming:
+        drops = []
+        for o in objects:
+            if o['type'] == 'replication_slot':
+                drops.append('on the source: SELECT pg_drop_replication_slot(%s);' % _literal(o['name']))
+            elif o['type'] == 'publication':
+                drops.append('in source database %s: DROP PUBLICATION %s;' % (_ident(o['database']), _ident(o['name'])))
+            else:
+                drops.append('on the destination: SELECT pg_replication_origin_drop(%s);' % _literal(o['name']))
+        return _item(cid, FAILED, 'objects named for task "%s" already exist and no resumable task of that name does: '
+                                  '%s' % (ctx.task, shown),
+                     'Choose another task name, or if they are leftovers of an abandoned run drop them: %s'
+                     % ' '.join(drops), objects)
+    problems = []
+    for o in objects:
+        if o['type'] != 'replication_slot':
+            continue
+        expected_db = ctx.expected_names.get(o['name'])
+        if o['slot_type'] != 'logical' or (o['plugin'] and o['plugin'] != ctx.plugin):
+            problems.append((FAILED, 'slot %s uses plugin %s, the task now asks for %s' % (o['name'], o['plugin'], ctx.plugin)))
+        if expected_db and o['database'] != expected_db:
+            problems.append((FAILED, 'slot %s belongs to database "%s", not "%s"' % (o['name'], o['database'], expected_db)))
+        if o['wal_status'] == 'lost':
+            problems.append((FAILED, 'slot %s lost WAL it needed (wal_status lost): the changes since the copy are gone'
+                             % o['name']))
+        if o['active']:
+            problems.append((WARNING, 'slot %s is in use by pid %s: a resumed worker cannot take it until that session ends'
+                             % (o['name'], o['active_pid'])))
+    if problems:
+        status = FAILED if any(s == FAILED for s, _m in problems) else WARNING
+        return _item(cid, status, 'the resumable task "%s" has objects that cannot be reused as they are: %s'
+                     % (ctx.task, '; '.join(m for _s, m in problems)),
+                     'A slot with another plugin or with lost WAL cannot continue the task: cancel the task and start a '
+                     'new one (the copy starts over). An active slot: end the session holding it '
+                     '(SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = ...).',
+                     objects)
+    return _item(cid, PASS, 'task "%s" is resumed: its existing objects are reused: %s%s' % (ctx.task, shown, unknown),
+                 '', objects)
+
+
+def check_selection(ctx):
+    cid = 'tables.selection'
+    if ctx.selection_error:
+        return _item(cid, FAILED, 'invalid table pattern: %s' % ctx.selection_error,
+                     'Write patterns as schema.table or database.schema.table; * and ? are globs; quote names that hold '
+                     'dots ("my.schema".table).', [])
+    if not ctx.src.ok:
+        return _skip_source(cid)
+    error = None
+    for db in ctx.reachable_dbs():
+        error = error or _fact_error(cid, ctx.src_dbs[db], 'tables')
+    if error:
+        return error
+    per_db = {db: ctx.selected(db) for db in ctx.reachable_dbs()}
+    total = sum(len(v) for v in per_db.values())
+    if not total:
+        if ctx.unreachable_dbs():
+            return _with_unreachable(ctx, _item(cid, FAILED, 'no table selected in the databases pgdts could read', ''))
+        what = 'the patterns match no table' if ctx.include else 'the selected databases hold no table'
+        return _item(cid, FAILED, 'empty selection: %s%s, so there is nothing to migrate'
+                     % (what, ' after exclude_tables' if ctx.exclude else ''),
+                     'Check databases, tables and exclude_tables (patterns are schema.table, globs allowed).')
+    partitions = sum(1 for v in per_db.values() for t in v if t.is_partition)
+    objects = [{'type': 'database', 'name': db, 'tables': len(v)} for db, v in per_db.items()]
+    message = '%s selected in %s%s' % (_plural(total, 'table'), _plural(len(per_db), 'database'),
+                                       ' (%d of them partitions)' % partitions if partitions else '')
+    empty = [db for db, v in per_db.items() if not v]
+    if empty and ctx.include:
+        return _with_unreachable(ctx, _item(
+            cid, WARNING, message + '; %s no selected table but would still be part of the task'
+            % ('database %s holds' % _names('"%s"' % d for d in empty) if len(empty) == 1 else
+               'databases %s hold' % _names('"%s"' % d for d in empty)),
+            'List only the databases you mean in databases.', objects))
+    return _with_unreachable(ctx, _item(cid, PASS, message, '', objects))
+
+
+def check_missing(ctx):
+    cid = 'tables.missing'
+    if ctx.selection_error:
+        return _item(cid, FAILED, 'skipped because the table selection is invalid (see tables.selection)',
+                     'Fix the tables / exclude_tables patterns.')
+    if not ctx.include:
+        return _item(cid, PASS, 'no table patterns given: every table of the selected databases is selected')
+    if not ctx.src.ok:
+        return _skip_source(cid)
+    missing = []
+    for pattern in ctx.include:
+        parsed = catalog.split_pattern(pattern)
+        dbs = [d for d in ctx.reachable_dbs() if parsed[0] is None or fnmatch.fnmatchcase(d, parsed[0])]
+        if not any(catalog.select_tables(ctx.src_dbs[d].get('tables', []), [pattern]) for d in dbs):
+            where = ('no selected database matches "%s"' % parsed[0]) if not dbs else \
+                ('no table matches in %s' % _names('"%s"' % d for d in dbs))
+            missing.append({'type': 'pattern', 'pattern': pattern, 'problem': where})
+    if missing:
+        return _with_unreachable(ctx, _item(
+            cid, FAILED, 'selected tables that do not exist: %s'
+            % '; '.join('%s (%s)' % (o['pattern'], o['problem']) for o in missing),
+            'Correct the patterns (names are case sensitive; views, materialized views and foreign tables are not '
+            'tables) or create the tables.', missing))
+    return _with_unreachable(ctx, _item(cid, PASS, 'every table pattern matches at least one table'))
+
+
+def check_replica_identity(ctx):
+    cid = 'tables.replica_identity'
+
+    def evaluate(db, holder):
+        by_oid = holder.get('by_oid')
+        rows = [by_oid[oid] for (oid,) in holder.get('no_replica_identity') or []]
+        return [_table_obj(db, t.schema, t.name, replica_identity={'d': 'default', 'n': 'nothing', 'i': 'index'}.get(
+            t.replica_identity, t.replica_identity)) for t in sorted(rows, key=lambda x: (x.schema, x.name))]
+
+    found, error = _per_db_items(ctx, cid, ['no_replica_identity'], evaluate)
+    if error:
+        return error
+    if not found:
+        return _with_unreachable(ctx, _item(cid, PASS, 'every selected table has a primary key or a usable replica '
+                                                       'identity'))
+    shown = _names(_tdisplay(o['database'], o['schema'], o['name']) for o in found)
+    if not ctx.incremental:
+        return _with_unreachable(ctx, _item(
+            cid, PASS, '%s no primary key or replica identity, which only matters for incremental sync (off): %s'
+            % (_plural(len(found), 'table has', 'tables have'), shown), '', found))
+    if ctx.plugin == 'pgoutput':
+        effect = ('with pgoutput, UPDATE and DELETE on %s fail on the source ("cannot update table ... because it does '
+                  'not have a replica identity and publishes updates") while %s in the task\'s publication'
+                  % (('it', 'it is') if len(found) == 1 else ('them', 'they are')))
+    else:
+        effect = ('%s updates and deletes reach the destination without a key and cannot be matched to a row'
+                  % ('its' if len(found) == 1 else 'their'))
+    statements = ' '.join('ALTER TABLE %s REPLICA IDENTITY FULL;' % _qname(o['schema'], o['name']) for o in found[:3])
+    return _with_unreachable(ctx, _item(
+        cid, WARNING, '%s no primary key or usable replica identity: %s: %s'
+        % (_plural(len(found), 'table has', 'tables have'), effect, shown),
+        'Add a primary key, or in the table\'s database: %s%s (FULL logs the whole old row on every update and delete).'
+        % (statements, ' ...' if len(found) > 3 else ''), found))
+
+
+_ENABLED = {'O': 'origin', 'D': 'disabled', 'R': 'replica', 'A': 'always'}
+
+
+def _trigger_like_item(ctx, cid, key, kind):
+    def evaluate(db, holder):
+        by_oid = holder.get('by_oid')
+        out = []
+        for row in holder.get(key) or []:
+            t = by_oid[row[0]]
+            out.append({'type': kind, 'database': db, 'schema': t.schema, 'table': t.name, 'name': row[1],
+                        'enabled': _ENABLED.get(row[2], row[2])})
+        return out
+
+    found, error = _per_db_items(ctx, cid, [key], evaluate)
+    if error:
+        return error
+    active = [o for o in found if o['enabled'] != 'disabled']
+    if not active:
+        return _with_unreachable(ctx, _item(cid, PASS, 'no selected table has %ss%s' % (
+            kind, ' (only disabled ones)' if found else '')))
+    firing = [o for o in active if o['enabled'] in ('always', 'replica')]
+    shown = _names('%s on %s' % (_ident(o['name']), _tdisplay(o['database'], o['schema'], o['table'])) for o in active)
+    message = ('%s on selected tables: %s. The destination gets the same %ss. Changes are applied with '
+               'session_replication_role = replica, so ordinary %ss stay silent during the sync'
+               % (_plural(len(active), kind), shown, kind, kind))
+    verb = 'TRIGGER' if kind == 'trigger' else 'RULE'
+    if firing:
+        message += ('; but %s %s ENABLE ALWAYS or ENABLE REPLICA, so %s for every applied row and %s what the source '
+                    'already did: %s' % (_plural(len(firing), kind), 'is' if len(firing) == 1 else 'are',
+                                         'it fires' if len(firing) == 1 else 'they fire',
+                                         'repeats' if len(firing) == 1 else 'repeat',
+                                         _names('%s on %s' % (_ident(o['name']), _qname(o['schema'], o['table']))
+                                                for o in firing)))
+        disable = ' '.join('ALTER TABLE %s DISABLE %s %s;' % (_qname(o['schema'], o['table']), verb, _ident(o['name']))
+                           for o in firing[:3])
+        hint = ('On the destination disable them until cutover (%s%s), then enable them again; ' % (
+            disable, ' ...' if len(firing) > 3 else ''))
+    else:
+        hint = ''
+    hint += ('make sure no %s writes to another migrated table in a way the source does not (its effects arrive from '
+             'the source already).' % kind)
+    hint = hint[0].upper() + hint[1:]
+    return _with_unreachable(ctx, _item(cid, WARNING, message, hint, active))
+
+
+def check_triggers(ctx):
+    return _trigger_like_item(ctx, 'tables.triggers', 'triggers', 'trigger')
+
+
+def check_rules(ctx):
+    return _trigger_like_item(ctx, 'tables.rules', 'rules', 'rule')
+
+
+def check_unlogged(ctx):
+    cid = 'tables.unlogged'
+
+    def evaluate(db, holder):
+        return [_table_obj(db, t.schema, t.name) for t in holder.get('selected', []) if t.relpersistence == 'u']
+
+    found, error = _per_db_items(ctx, cid, ['tables'], evaluate)
+    if error:
+        return error
+    if not found:
+        return _with_unreachable(ctx, _item(cid, PASS, 'no selected table is unlogged'))
+    shown = _names(_tdisplay(o['database'], o['schema'], o['name']) for o in found)
+    if not ctx.incremental:
+        return _with_unreachable(ctx, _item(cid, PASS, '%s unlogged; the full copy includes them: %s'
+                                            % (_plural(len(found), 'selected table is', 'selected tables are'), shown),
+                                            '', found))
+    return _with_unreachable(ctx, _item(
+        cid, WARNING, '%s unlogged: the full copy includes the rows, but changes to unlogged tables are not written to '
+                      'WAL, so the incremental sync never sees them: %s'
+                      % (_plural(len(found), 'selected table is', 'selected tables are'), shown),
+        'ALTER TABLE %s SET LOGGED; before the migration (it rewrites the table), or exclude them and copy them again '
+        'at cutover.' % _qname(found[0]['schema'], found[0]['name']), found))
+
+
+def check_materialized_views(ctx):
+    cid = 'tables.materialized_views'
+
+    def evaluate(db, holder):
+        rows = holder.get('matviews') or []
+        if ctx.whole_databases:
+            chosen = rows
+        else:
+            patterns = [catalog.split_pattern(p) for p in ctx.include]
+            chosen = [(s, n) for s, n in rows
+                      if any((p[0] is None or fnmatch.fnmatchcase(db, p[0])) and fnmatch.fnmatchcase(s, p[1])
+                             and fnmatch.fnmatchcase(n, p[2]) for p in patterns)]
+        return [{'type': 'materialized_view', 'database': db, 'schema': s, 'name': n} for s, n in chosen]
+
+    found, error = _per_db_items(ctx, cid, ['matviews'], evaluate)
+    if error:
+        return error
+    if not found:
+        return _with_unreachable(ctx, _item(cid, PASS, 'no materialized view in the selection'))
+    shown = _names(_tdisplay(o['database'], o['schema'], o['name']) for o in found)
+    if ctx.whole_databases:
+        message = ('%s: logical decoding does not carry them, so their contents on the destination are what the last '
+                   'refresh there produced: %s' % (_plural(len(found), 'materialized view'), shown))
+    else:
+        message = ('the table patterns match %s, which are not tables and are not copied: %s'
+                   % (_plural(len(found), 'materialized view'), shown))
+    return _with_unreachable(ctx, _item(
+        cid, WARNING, message, 'After cutover run REFRESH MATERIALIZED VIEW %s; (and the others) on the destination.'
+        % _qname(found[0]['schema'], found[0]['name']), found))
+
+
+def check_large_objects(ctx):
+    cid = 'tables.large_objects'
+    found, error = _per_db_items(ctx, cid, ['large_objects'], lambda db, h: [
+        {'type': 'database', 'name': db, 'large_objects': int(h.get('large_objects'))}
+        for _x in [0] if int(h.get('large_objects') or 0) > 0])
+    if error:
+        return error
+    if not found:
+        return _with_unreachable(ctx, _item(cid, PASS, 'no large objects in the selected databases'))
+    return _with_unreachable(ctx, _item(
+        cid, WARNING, 'large objects exist (%s): logical decoding does not carry them, so changes to them after the copy '
+                      'do not reach the destination, and a table selection does not copy them at all'
+                      % _names('%d in "%s"' % (o['large_objects'], o['name']) for o in found),
+        'Store such data in bytea columns, or copy the large objects again at cutover (pg_dump --large-objects '
+        '--data-only) while writes are stopped.', found))
+
+
+def check_generated_columns(ctx):
+    cid = 'tables.generated_columns'
+
+    def evaluate(db, holder):
+        return [{'type': 'column', 'database': db, 'schema': t.schema, 'table': t.name, 'name': c.name}
+                for t in holder.get('selected', []) for c in t.columns if c.generated]
+
+    found, error = _per_db_items(ctx, cid, ['tables'], evaluate)
+    if error:
+        return error
+    if not found:
+        return _with_unreachable(ctx, _item(cid, PASS, 'no selected table has generated columns'))
+    shown = _names('%s.%s' % (_tdisplay(o['database'], o['schema'], o['table']), _ident(o['name'])) for o in found)
+    return _with_unreachable(ctx, _item(
+        cid, WARNING, '%s: their values are not copied but computed again by the destination, so they match the source '
+                      'only if the functions and collations their expressions use behave the same there: %s'
+                      % (_plural(len(found), 'generated column'), shown),
+        'Check that the functions used by these expressions exist with the same definition on the destination (compare '
+        'a sample after the copy).', found))
+
+
+def check_foreign_keys(ctx):
+    cid = 'tables.foreign_keys'
+
+    def evaluate(db, holder):
+        by_oid = holder.get('by_oid')
+        selected = {t.oid for t in holder.get('selected', [])}
+        selected_names = {t.qualified for t in holder.get('selected', [])}
+        out, seen = [], set()
+        for conrelid, conname, confrelid, ref_schema, ref_name, inherited in holder.get('foreign_keys') or []:
+            if confrelid in selected:
+                continue
+            table = by_oid[conrelid]
+            if inherited and table.parent in selected_names:
+                continue                # reported on the partitioned parent
+            key = (conrelid, conname)
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append({'type': 'foreign_key', 'database': db, 'schema': table.schema, 'table': table.name,
+                        'name': conname, 'references': '%s.%s' % (ref_schema, ref_name)})
+        return out
+
+    found, error = _per_db_items(ctx, cid, ['foreign_keys'], evaluate)
+    if error:
+        return error
+    if not found:
+        return _with_unreachable(ctx, _item(cid, PASS, 'every foreign key of the selected tables references a selected '
+                                                       'table'))
+    shown = _names('%s references %s (constraint %s)' % (_tdisplay(o['database'], o['schema'], o['table']),
+                                                         _qname(o['database'], *o['references'].split('.', 1)),
+                                                         _ident(o['name'])) for o in found)
+    refs = sorted({'%s.%s' % (o['database'], o['references']) for o in found})
+    return _with_unreachable(ctx, _item(
+        cid, FAILED, 'selected tables reference tables that are not selected, so their foreign keys cannot be created '
+                     'on the destination: %s' % shown,
+        'Add the referenced tables to tables (%s), or exclude the referencing tables.' % _names(refs), found))
+
+
+def _available(ctx):
+    table = {}
+    for name, version, superuser, trusted in ctx.dst.get('available_extensions') or []:
+        table.setdefault(name, {})[version] = (superuser, trusted)
+    return table
+
+
+def check_extensions(ctx):
+    cid = 'destination.extensions'
+    if not ctx.dst.ok:
+        return _skip_destination(cid)
+    error = _fact_error(cid, ctx.dst, 'available_extensions')
+    if error:
+        return error
+    available = _available(ctx)
+    role = ctx.dst.get('role') or (None, False, False, False)
+    dest_super = bool(role[1])
+
+    def evaluate(db, holder):
+        out = []
+        installed = {}
+        if db in ctx.dst_dbs and ctx.dst_dbs[db].ok:
+            installed = dict(ctx.dst_dbs[db].get('extensions') or [])
+        for name, version in holder.get('extensions') or []:
+            obj = {'type': 'extension', 'database': db, 'name': name, 'version': version}
+            if name in installed:
+                if installed[name] != version:
+                    out.append(dict(obj, status=WARNING, problem='is installed on the destination at version %s, the '
+                                                                 'source has %s' % (installed[name], version)))
+                continue
+            versions = available.get(name)
+            if not versions:
+                out.append(dict(obj, status=FAILED, problem='is not available on the destination (no control file)'))
+                continue
+            flags = versions.get(version) or next(iter(versions.values()))
+            if flags[0] and not flags[1] and not dest_super:
+                out.append(dict(obj, status=FAILED, problem='needs a superuser to create and the destination role is '
+                                                            'not one'))
+            elif version not in versions:
+                out.append(dict(obj, status=WARNING, problem='version %s is not available on the destination (it has '
+                                                             '%s)' % (version, _names(sorted(versions)))))
+        return out
+
+    found, error = _per_db_items(ctx, cid, ['extensions'], evaluate)
+    if error:
+        return error
+    if not found:
+        names = sorted({e[0] for db in ctx.reachable_dbs() for e in ctx.src_dbs[db].get('extensions') or []})
+        if not names:
+            return _with_unreachable(ctx, _item(cid, PASS, 'the selected databases use no extension (besides plpgsql)'))
+        return _with_unreachable(ctx, _item(cid, PASS, 'the destination can provide every extension used on the source: '
+                                                       '%s' % _names(names, 20)))
+    status = FAILED if any(o['status'] == FAILED for o in found) else WARNING
+    shown = '; '.join('%s %s in "%s" %s' % (o['name'], o['version'], o['database'], o['problem']) for o in found)
+    hint = ('Install the extension packages on the destination server (the same versions as the source), or create the '
+            'extensions there as a superuser before the migration (CREATE EXTENSION ... in each database).')
+    return _with_unreachable(ctx, _item(cid, status, 'extensions: %s' % shown, hint, found))
+
+
+def _dest_db_row(ctx, db):
+    for row in ctx.dst.get('databases') or []:
+        if row[0] == db:
+            return row
+    return None
+
+
+def _src_db_row(ctx, db):
+    for row in ctx.src.get('databases') or []:
+        if row[0] == db:
+            return row
+    return None
+
+
+def encoding_status(source_encoding, dest_encoding):
+    """(status, reason) for storing data of a source database encoding in a destination database encoding."""
+    if source_encoding == dest_encoding:
+        return PASS, 'same encoding'
+    if dest_encoding == 'SQL_ASCII':
+        return WARNING, 'SQL_ASCII stores bytes without checking or converting them'
+    if source_encoding == 'SQL_ASCII':
+        return WARNING, 'SQL_ASCII data is not checked on the source; bytes invalid in %s fail to load' % dest_encoding
+    if dest_encoding == 'UTF8':
+        return WARNING, 'every %s character exists in UTF8; data is converted while copying' % source_encoding
+    return FAILED, 'characters of %s without an equivalent in %s cannot be stored' % (source_encoding, dest_encoding)
+
+
+def check_encoding(ctx):
+    cid = 'destination.encoding'
+    if not ctx.src.ok:
+        return _skip_source(cid)
+    if not ctx.dst.ok:
+        return _skip_destination(cid)
+    found = []
+    for db in ctx.db_names:
+        src_row, dst_row = _src_db_row(ctx, db), _dest_db_row(ctx, db)
+        if not src_row or not dst_row:
+            continue                    # a database the migration creates gets the source's encoding
+        status, reason = encoding_status(src_row[3], dst_row[3])
+        if status != PASS:
+            found.append({'type': 'database', 'name': db, 'source_encoding': src_row[3], 'destination_encoding': dst_row[3],
+                          'status': status, 'problem': reason})
+    if not found:
+        return _item(cid, PASS, 'encodings match (databases the migration creates get the source\'s encoding)')
+    status = FAILED if any(o['status'] == FAILED for o in found) else WARNING
+    return _item(cid, status, 'database encodings differ: %s' % '; '.join(
+        '"%s" is %s on the source and %s on the destination: %s' % (o['name'], o['source_encoding'],
+                                                                    o['destination_encoding'], o['problem'])
+        for o in found),
+        'Let pgdts create the destination database (drop the empty one there) so it gets the source\'s encoding, or '
+        'create it with: CREATE DATABASE ... ENCODING \'<source encoding>\' TEMPLATE template0;', found)
+
+
+def _norm_locale(value):
+    return (value or '').lower().replace('-', '')
+
+
+def check_collation(ctx):
+    cid = 'destination.collation'
+    if not ctx.src.ok:
+        return _skip_source(cid)
+    if not ctx.dst.ok:
+        return _skip_destination(cid)
+    catalog_colls = ctx.dst.get('catalog_collations') or []
+    libc_locales = {_norm_locale(r[1]) for r in catalog_colls if r[2] == 'c'} | {'c', 'posix'}
+    has_icu = any(r[2] == 'i' for r in catalog_colls)
+    found = []
+    for db in ctx.db_names:
+        src_row, dst_row = _src_db_row(ctx, db), _dest_db_row(ctx, db)
+        if not src_row:
+            continue
+        if dst_row:
+            diffs = [(label, a, b) for label, a, b in (('LC_COLLATE', src_row[4], dst_row[4]),
+                                                       ('LC_CTYPE', src_row[5], dst_row[5]),
+                                                       ('ICU locale', src_row[7], dst_row[7])) if (a or '') != (b or '')]
+            if diffs:
+                found.append({'type': 'database', 'name': db, 'status': WARNING, 'problem': 'differs: %s' % ', '.join(
+                    '%s %s on the source, %s on the destination' % d for d in diffs)})
+        else:
+            if src_row[6] == 'i' and not has_icu:
+                found.append({'type': 'database', 'name': db, 'status': FAILED,
+                              'problem': 'uses ICU locale %s but the destination has no ICU support' % src_row[7]})
+            for label, value in (('LC_COLLATE', src_row[4]), ('LC_CTYPE', src_row[5])):
+                if _norm_locale(value) not in libc_locales:
+                    found.append({'type': 'database', 'name': db, 'status': WARNING,
+                                  'problem': '%s %s is not among the destination\'s locales, so creating the database '
+                                             'with it may fail' % (label, value)})
+
+    def evaluate(db, holder):
+        out = []
+        wanted = holder.get('collations') or []
+        migrated_schemas = set(_source_schemas(ctx, db)) if ctx.whole_databases else set()
+        if db in ctx.dst_dbs and ctx.dst_dbs[db].ok:
+            present = {(r[0], r[1]) for r in ctx.dst_dbs[db].get('collations') or []}
+        else:
+            present = {('pg_catalog', r[0]) for r in catalog_colls}
+        for schema, name, _provider in wanted:
+            if (schema, name) not in present and schema not in migrated_schemas:
+                out.append({'type': 'collation', 'database': db, 'schema': schema, 'name': name, 'status': FAILED,
+                            'problem': 'is used by selected columns and does not exist on the destination'})
+        return out
+
+    columns, error = _per_db_items(ctx, cid, ['collations'], evaluate)
+    if error:
+        return error
+    found += columns
+    if not found:
+        return _with_unreachable(ctx, _item(cid, PASS, 'collations and locales of the selected databases are available '
+                                                       'and equal on the destination'))
+    status = FAILED if any(o['status'] == FAILED for o in found) else WARNING
+
+    def label(o):
+        if o['type'] == 'database':
+            return 'database "%s"' % o['name']
+        return 'collation %s in "%s"' % (_qname(o['schema'], o['name']), o['database'])
+
+    shown = '; '.join('%s %s' % (label(o), o['problem']) for o in found)
+    return _with_unreachable(ctx, _item(
+        cid, status, 'collation differences: %s' % shown,
+        'Different locales sort text differently (ORDER BY, range queries, unique indexes on text); create the destination '
+        'database with the source\'s LC_COLLATE / LC_CTYPE, and create missing collations on the destination before the '
+        'migration (CREATE COLLATION ...).', found))
+
+
+def check_create_privilege(ctx):
+    cid = 'destination.create_privilege'
+    if not ctx.dst.ok:
+        return _skip_destination(cid)
+    role = ctx.dst.get('role')
+    if not role:
+        return _fact_error(cid, ctx.dst, 'role') or _item(cid, FAILED, 'the destination role is not in pg_roles')
+    name, superuser, _replication, createdb = role
+    if superuser:
+        return _item(cid, PASS, 'destination role "%s" is a superuser' % name)
+    problems = []
+    if _dest_db_row(ctx, STATE_DATABASE) is None and not createdb:
+        problems.append({'type': 'database', 'name': STATE_DATABASE, 'privilege': 'CREATEDB',
+                         'problem': 'the state database "%s" does not exist and the role may not create databases'
+                                    % STATE_DATABASE})
+    for db in ctx.db_names:
+        row = _dest_db_row(ctx, db)
+        if row is None:
+            if not createdb:
+                problems.append({'type': 'database', 'name': db, 'privilege': 'CREATEDB',
+                                 'problem': 'database "%s" does not exist and the role may not create databases' % db})
+            continue
+        holder = ctx.dst_dbs.get(db)
+        if holder is None or not holder.ok:
+            problems.append({'type': 'database', 'name': db, 'privilege': 'CONNECT',
+                             'problem': 'cannot connect to database "%s": %s'
+                                        % (db, holder.failure.message if holder else 'unknown')})
+            continue
+        existing = {r[0]: r for r in holder.get('schemas') or []}
+        wanted = _source_schemas(ctx, db) if db in ctx.src_dbs and ctx.src_dbs[db].ok else []
+        for schema in wanted:
+            if schema in existing and not existing[schema][2]:
+                problems.append({'type': 'schema', 'database': db, 'name': schema, 'privilege': 'CREATE',
+                                 'problem': 'no CREATE privilege on schema %s in "%s"' % (_ident(schema), db)})
+            elif schema not in existing and not row[8]:
+                problems.append({'type': 'database', 'name': db, 'privilege': 'CREATE',
+                                 'problem': 'no CREATE privilege on database "%s" to create schema %s'
+                                            % (db, _ident(schema))})
+    if problems:
+        return _item(cid, FAILED, 'destination role "%s" cannot create what the migration needs: %s'
+                     % (name, '; '.join(p['problem'] for p in problems)),
+                     'ALTER ROLE %s CREATEDB; and/or GRANT CREATE ON DATABASE <db> TO %s; GRANT CREATE ON SCHEMA <schema> '
+                     'TO %s; (or migrate as a superuser).' % (_ident(name), _ident(name), _ident(name)), problems)
+    return _item(cid, PASS, 'destination role "%s" can create the databases, schemas and tables of the migration' % name)
+
+
+def check_apply_privilege(ctx):
+    cid = 'destination.apply_privilege'
+    if not ctx.dst.ok:
+        return _skip_destination(cid)
+    role = ctx.dst.get('role')
+    if not role:
+        return _fact_error(cid, ctx.dst, 'role') or _item(cid, FAILED, 'the destination role is not in pg_roles')
+    if role[1]:
+        return _item(cid, PASS, 'destination role "%s" is a superuser: replication origins and session_replication_role '
+                                'are available' % role[0])
+    error = _fact_error(cid, ctx.dst, 'function_privileges')
+    if error:
+        return error
+    missing = [{'type': 'function', 'name': f, 'privilege': 'EXECUTE'}
+               for f, ok in zip(APPLY_FUNCTIONS, ctx.dst.get('function_privileges')) if not ok]
+    version = ctx.dst.get('version')
+    srr = ctx.dst.get('srr_privilege') if version >= 150000 else False
+    if not srr:
+        missing.append({'type': 'parameter', 'name': 'session_replication_role', 'privilege': 'SET'})
+    if not missing:
+        return _item(cid, PASS, 'destination role "%s" may use replication origins and set session_replication_role'
+                     % role[0])
+    user = _ident(role[0])
+    grants = ['GRANT EXECUTE ON FUNCTION %s TO %s;' % (o['name'], user) for o in missing if o['type'] == 'function']
+    if not srr:
+        grants.append('GRANT SET ON PARAMETER session_replication_role TO %s;' % user if version >= 150000 else
+                      '(before PostgreSQL 15 only a superuser may set session_replication_role)')
+    return _item(cid, FAILED, 'destination role "%s" cannot do what the apply needs: %s'
+                 % (role[0], _names(('EXECUTE on %s' % o['name'].split('(')[0].replace('pg_catalog.', '')) if
+                                    o['type'] == 'function' else 'SET %s' % o['name'] for o in missing)),
+                 'As a superuser on the destination: %s' % ' '.join(grants), missing)
+
+
+def check_replication_origins(ctx):
+    cid = 'destination.replication_origins'
+    if not ctx.dst.ok:
+        return _skip_destination(cid)
+    name = 'max_active_replication_origins' if ctx.dst.get('version') >= 180000 else 'max_replication_slots'
+    value = _setting(ctx.dst, name)
+    if value is None:
+        return _item(cid, FAILED, 'could not read %s on the destination' % name, 'Check the destination role.')
+    maximum = int(value['setting'])
+    own = [r[0] for r in ctx.dst.get('origins') or [] if ctx.object_re and ctx.object_re.match(r[0])]
+    needed = max(len(ctx.db_names) - (len(own) if ctx.resuming else 0), 0)
+    obj = [{'type': 'setting', 'name': name, 'value': maximum, 'needed': needed}]
+    hint = ('ALTER SYSTEM SET %s = %d; on the destination and restart it (replication origins are tracked in as many '
+            'slots as this setting allows).' % (name, max(maximum, 0) + needed + 1))
+    if maximum == 0:
+        return _item(cid, FAILED, '%s = 0 on the destination: replication origins, which make the apply exactly-once, '
+                                  'cannot be used' % name, hint, obj)
+    used = ctx.dst.get('origin_states')
+    if used is None:
+        return _item(cid, WARNING, '%s = %d on the destination, but the origins in use cannot be counted (%s)'
+                     % (name, maximum, ctx.dst.errors.get('origin_states', 'unknown')),
+                     'Run the check as a superuser to count them, or make sure %d are free.' % needed, obj)
+    free = maximum - int(used)
+    obj[0]['in_use'] = int(used)
+    counts = '%s = %d, %d origins in use, %d free; this task needs %d (one per database)' % (
+        name, maximum, int(used), free, needed)
+    if free < needed:
+        return _item(cid, FAILED, 'not enough replication origin slots on the destination: ' + counts, hint, obj)
+    return _item(cid, PASS, counts, '', obj)
+
+
+def check_conflicts(ctx):
+    cid = 'destination.conflicts'
+    if not ctx.src.ok:
+        return _skip_source(cid)
+    if not ctx.dst.ok:
+        return _skip_destination(cid)
+    if ctx.resuming:
+        return _item(cid, PASS, 'task "%s" is resumed: its tables on the destination hold the partial copy and are '
+                                'expected' % ctx.task)
+    found = []
+    for db in ctx.db_names:
+        holder = ctx.dst_dbs.get(db)
+        if holder is None:
+            continue                    # the database does not exist on the destination yet
+        if not holder.ok:
+            found.append({'type': 'database', 'name': db, 'status': FAILED,
+                          'problem': 'cannot be inspected: %s' % holder.failure.message})
+            continue
+        error = _fact_error(cid, holder, 'relations', 'schemas')
+        if error:
+            return error
+        has_rows = holder.get('has_rows') or {}
+        for oid, schema, name, relkind, readable in holder.get('relations') or []:
+            obj = {'type': 'table', 'database': db, 'schema': schema, 'name': name}
+            if relkind not in ('r', 'p'):
+                found.append(dict(obj, type={'v': 'view', 'm': 'materialized_view', 'f': 'foreign_table'}[relkind],
+                                  status=FAILED, problem='exists with the name of a selected table'))
+            elif not readable:
+                found.append(dict(obj, status=FAILED, problem='exists and the destination role cannot read it'))
+            elif oid not in has_rows:
+                found.append(dict(obj, status=FAILED, problem='exists and could not be read'))
+            elif has_rows[oid]:
+                found.append(dict(obj, status=FAILED, problem='exists and holds rows'))
+            else:
+                found.append(dict(obj, status=WARNING, problem='exists and is empty'))
+        tables_in = {o['schema'] for o in found if o.get('database') == db and 'schema' in o}
+        for schema, relations, _create in holder.get('schemas') or []:
+            if schema in tables_in or (schema == 'public' and not relations):
+                continue
+            found.append({'type': 'schema', 'database': db, 'name': schema, 'relations': relations, 'status': WARNING,
+                          'problem': 'exists already%s' % (' and holds %s' % _plural(relations, 'relation')
+                                                           if relations else ' (empty)')})
+    if not found:
+        return _item(cid, PASS, 'none of the selected schemas or tables exists on the destination')
+    status = FAILED if any(o['status'] == FAILED for o in found) else WARNING
+    shown = '; '.join('%s %s %s' % (o['type'].replace('_', ' '), _qname(o['database'], o['name']) if o['type'] in (
+        'schema', 'database') else _tdisplay(o['database'], o['schema'], o['name']), o['problem']) for o in found[:8])
+    if len(found) > 8:
+        shown += '; and %d more' % (len(found) - 8)
+    return _item(cid, status, 'the destination already has objects of the selection: %s' % shown,
+                 'Drop them on the destination (or migrate into another destination database) so the copy starts from '
+                 'an empty schema; existing rows would be duplicated or conflict.', found)
+
+
+def _read_system_identifier(datadir):
+    try:
+        with open(os.path.join(datadir, 'global', 'pg_control'), 'rb') as handle:
+            data = handle.read(8)
+    except OSError:
+        return None
+    if len(data) != 8:
+        return None
+    return str(struct.unpack('<Q', data)[0])
+
+
+def disk_space_status(required, free):
+    """(status, word) for `required` bytes of source data against `free` bytes on the destination."""
+    if free < required:
+        return FAILED, 'not enough'
+    if free < required * DISK_HEADROOM:
+        return WARNING, 'tight'
+    return PASS, 'enough'
+
+
+def check_disk_space(ctx):
+    cid = 'destination.disk_space'
+    if not ctx.src.ok:
+        return _skip_source(cid)
+    if not ctx.dst.ok:
+        return _skip_destination(cid)
+    required = sum(int(ctx.src_dbs[db].get('size') or 0) for db in ctx.reachable_dbs())
+    datadir = (_setting(ctx.dst, 'data_directory') or {}).get('setting')
+    system_id = ctx.dst.get('system_identifier')
+    local = bool(datadir and system_id and _read_system_identifier(datadir) == system_id)
+    if not local:
+        why = ('its data directory is not readable by the destination role' if not datadir else
+               'its data directory %s is not on the host that runs pgdts' % datadir)
+        return _with_unreachable(ctx, _item(
+            cid, PASS, 'free space on the destination cannot be measured from here (%s); the selected tables take %s on '
+                       'the source (with indexes), plan for about %s' % (why, _bytes(required),
+                                                                         _bytes(required * DISK_HEADROOM))))
+    stats = os.statvfs(datadir)
+    free = stats.f_bavail * stats.f_frsize
+    status, word = disk_space_status(required, free)
+    obj = [{'type': 'filesystem', 'path': datadir, 'free_bytes': free, 'required_bytes': required}]
+    message = ('%s free space on the destination: %s free under %s, the selected tables take %s on the source '
+               '(with indexes; plan for %s)' % (word, _bytes(free), datadir, _bytes(required),
+                                                _bytes(required * DISK_HEADROOM)))
+    hint = '' if status == PASS else ('Free or add space on the destination before the migration (tablespaces other '
+                                      'than the data directory are not counted).')
+    return _with_unreachable(ctx, _item(cid, status, message, hint, obj))
+
+
+CHECKS = (
+    check_task_name,
+    check_source_connection,
+    check_destination_connection,
+    check_databases,
+    check_replication_connection,
+    check_distinct,
+    check_source_version,
+    check_destination_version,
+    check_source_recovery,
+    check_destination_recovery,
+    check_wal_level,
+    check_replication_slots,
+    check_wal_senders,
+    check_max_slot_wal_keep_size,
+    check_wal_sender_timeout,
+    check_statement_timeout,
+    check_idle_timeout,
+    check_replication_privilege,
+    check_select_privilege,
+    check_publication_privilege,
+    check_long_transactions,
+    check_prepared_transactions,
+    check_plugin_load,
+    check_numeric_special_values,
+    check_task_objects,
+    check_selection,
+    check_missing,
+    check_replica_identity,
+    check_triggers,
+    check_rules,
+    check_unlogged,
+    check_materialized_views,
+    check_large_objects,
+    check_generated_columns,
+    check_foreign_keys,
+    check_extensions,
+    check_encoding,
+    check_collation,
+    check_create_privilege,
+    check_apply_privilege,
+    check_replication_origins,
+    check_conflicts,
+    check_disk_space,
+)
+
+CHECK_IDS = (
+    'task.name', 'source.connection', 'destination.connection', 'source.databases', 'source.replication_connection',
+    'servers.distinct', 'source.version', 'destination.version', 'source.recovery', 'destination.recovery',
+    'source.wal_level', 'source.replication_slots', 'source.wal_senders', 'source.max_slot_wal_keep_size',
+    'source.wal_sender_timeout', 'source.statement_timeout', 'source.idle_in_transaction_session_timeout',
+    'source.replication_privilege', 'source.select_privilege', 'source.publication_privilege',
+    'source.long_transactions', 'source.prepared_transactions', 'plugin.load', 'plugin.numeric_special_values',
+    'task.objects', 'tables.selection', 'tables.missing', 'tables.replica_identity', 'tables.triggers', 'tables.rules',
+    'tables.unlogged', 'tables.materialized_views', 'tables.large_objects', 'tables.generated_columns',
+    'tables.foreign_keys', 'destination.extensions', 'destination.encoding', 'destination.collation',
+    'destination.create_privilege', 'destination.apply_privilege', 'destination.replication_origins',
+    'destination.conflicts', 'destination.disk_space',
+)
+
+
+def validate_options(task, tables=None, exclude_tables=None, plugin='pgoutput'):
+    """Raise ValueError (TaskNameError, SelectionError) for options no check can make sense of."""
+    task_state.validate_task_name(task)
+    for pattern in list(tables or []) + list(exclude_tables or []):
+        catalog.split_pattern(pattern)
+    if not plugin:
+        raise ValueError('plugin must be given')
+
+
+def task_is_resumable(destination, task):
+    """True when the destination's state database holds task `task` in a stage it can be resumed from.
+
+    Read only. Any problem reading the state (no server, no state database yet) means "not resumable": the checks then
+    report the connection problem themselves.
+    """
+    try:
+        store = task_state.TaskStore(destination)
+        try:
+            if not store.open(create=False):
+                return False
+            row = store.get_task(task)
+        finally:
+            store.close()
+    except (ConnectionFailure, psycopg.Error):
+        return False
+    return bool(row) and row.get('stage') not in task_state.END_STAGES
+
+
+def run_checks(source, destination, task, databases=None, tables=None, exclude_tables=None, plugin='pgoutput',
+               incremental=True, resuming=False):
+    """source/destination: connection.ServerSpec. Returns a list of CheckItem dicts
+    {'id': str, 'status': 'pass'|'warning'|'failed', 'message': str, 'hint': str, 'objects': list}."""
+    ctx = _Ctx(source, destination, task, databases, tables, exclude_tables, plugin, incremental, resuming)
+    try:
+        task_state.validate_task_name(task)
+        ctx.object_re = task_state.object_name_re(task)
+    except task_state.TaskNameError as exc:
+        ctx.task_error = str(exc)
+    try:
+        for pattern in ctx.include + ctx.exclude:
+            catalog.split_pattern(pattern)
+    except catalog.SelectionError as exc:
+        ctx.selection_error = str(exc)
+    _gather(ctx)
+    if ctx.object_re:
+        ctx.expected_names = {task_state.object_name(task, db): db for db in ctx.db_names}
+    items = []
+    for check in CHECKS:
+        try:
+            items.append(check(ctx))
+        except Exception as exc:  # pylint: disable=broad-except  # one broken check must not hide the others
+            check_id = CHECK_IDS[CHECKS.index(check)]
+            items.append(_item(check_id, FAILED, 'the check itself failed: %s: %s' % (exc.__class__.__name__, exc),
+                               'Report this as a pgdts bug, with the message.'))
+    return items
