@@ -22,8 +22,13 @@ sanity: setup
 	@rsync -a --exclude .venv --exclude .tmp --exclude .git --exclude build --exclude tests/output ./ $(SANITY_ROOT)/
 	@cd $(SANITY_ROOT) && git init -q && git add -A && ansible-test sanity --python 3.11 --color no 2>&1 | grep -v "is ignored: it is neither a file" ; exit $${PIPESTATUS[0]}
 
-lint: setup
-	ansible-lint --profile production --offline
+COLLECTION_ROOT := .tmp/collection_root
+
+$(COLLECTION_ROOT)/ansible_collections/pgdts/migration:
+	@mkdir -p $(COLLECTION_ROOT)/ansible_collections/pgdts && ln -sfn $(CURDIR) $@
+
+lint: setup $(COLLECTION_ROOT)/ansible_collections/pgdts/migration
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_ROOT) ansible-lint --profile production --offline
 
 unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
