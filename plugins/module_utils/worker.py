@@ -585,17 +585,21 @@ class SyncLoop:
         self.runner.stop_event.wait(min(10.0, 0.5 + waited / 4))
 
     def session(self):
+        with TaskStore(self.runner.destination, 'pgdts-sync-state') as store:
+            store.open(create=False)
+            self._session(store)
+
+    def _session(self, store):
         from ansible_collections.pgdts.migration.plugins.module_utils import apply, decoding
         runner = self.runner
-        store = TaskStore(runner.destination, 'pgdts-sync-state')
-        store.open(create=False)
         copy_lsn = {(r['schema'], r['table']): lsn_int(r['copy_lsn']) or 0 for r in store.tables(runner.name, self.dbname)}
         with connect(runner.source, self.dbname, application_name='pgdts-decode', options=WRITER_OPTIONS) as src, \
                 connect(runner.destination, self.dbname, autocommit=False, application_name='pgdts-apply',
                         options=WRITER_OPTIONS) as dst:
+            metas = self.table_metas(src)
             reader = decoding.SlotReader(src, self.name, runner.spec.get('plugin', 'pgoutput'),
-                                         publication=self.name)
-            applier = apply.Applier(dst, self.name, self.table_metas(src), copy_lsn)
+                                         publication=self.name, tables=list(metas))
+            applier = apply.Applier(dst, self.name, metas, copy_lsn)
             applier.setup()
             runner.log('database "%s": applying from origin position %s' % (self.dbname, lsn_text(applier.applied_lsn())))
             window_start, window_txns = time.time(), 0
@@ -616,11 +620,16 @@ class SyncLoop:
                         last_commit_time = result['last_commit_time']
                 if complete:
                     confirmed = end
+                elif transactions:
+                    confirmed = max(t.end_lsn or t.commit_lsn for t in transactions)
                 else:
-                    confirmed = max(t.end_lsn for t in transactions)
-                reader.confirm(confirmed)
+                    confirmed = None
+                if confirmed is not None:
+                    reader.confirm(confirmed)
                 now = time.time()
-                values = {'synced_lsn': confirmed, 'source_lsn': end}
+                values = {'source_lsn': end}
+                if confirmed is not None:
+                    values['synced_lsn'] = confirmed
                 if last_commit_time is not None:
                     values['last_commit_time'] = last_commit_time
                 if complete:

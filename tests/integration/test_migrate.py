@@ -86,3 +86,31 @@ def test_incremental_sync_then_cancel_and_restart(servers, ansible, tmp_path):
     status, final = ansible.module('pgdts.migration.pg_dts_migrate',
                                    dict(args, state='absent', drop_destination=True, wait='none'))
     assert status == 'changed', final
+
+
+def test_wal2json_plugin_end_to_end(servers, ansible, tmp_path):
+    src, dst = servers
+    create_tricky_database(src, 'w2j')
+    args = migrate_args(servers, tmp_path, name='w2j_task', databases=['w2j'], plugin='wal2json', wait='copied',
+                        wait_timeout=300)
+    status, result = ansible.module('pgdts.migration.pg_dts_migrate', args)
+    assert status == 'changed', result
+    with src.connect('w2j') as conn:
+        conn.execute("INSERT INTO public.kinds (id, n, f, big) VALUES (20, 1e-20, 1.5, repeat('z', 9000))")
+        conn.execute("UPDATE public.kinds SET arr = '{7,8}' WHERE id = 20")   # big (TOAST) unchanged
+        conn.execute("UPDATE public.no_pk SET b = 'w2j' WHERE a IS NULL")
+        conn.execute("DELETE FROM public.events WHERE payload = 'e5'")
+        conn.execute("TRUNCATE public.child")
+    status, synced = ansible.module('pgdts.migration.pg_dts_migrate', dict(args, wait='synced'))
+    assert status == 'ok', synced
+    assert_same_contents(src, dst, 'w2j')
+    # wal2json 2.5 prints numeric NaN as null: the task stops with a clear error instead of writing a wrong value
+    src.execute("UPDATE public.kinds SET n = 'NaN' WHERE id = 20", dbname='w2j')
+    status, failed = ansible.module('pgdts.migration.pg_dts_migrate', dict(args, wait='synced', wait_timeout=60))
+    assert status == 'failed', failed
+    assert failed['task']['stage'] == 'failed'
+    assert 'NaN' in failed['task']['error']['message'] and 'pgoutput' in failed['task']['error']['message']
+    assert dst.value("SELECT n::text FROM public.kinds WHERE id = 20", dbname='w2j') == '0.00000000000000000001'
+    status, cancelled = ansible.module('pgdts.migration.pg_dts_migrate',
+                                       dict(args, state='absent', drop_destination=True))
+    assert status == 'changed', cancelled
