@@ -114,3 +114,41 @@ def test_wal2json_plugin_end_to_end(servers, ansible, tmp_path):
     status, cancelled = ansible.module('pgdts.migration.pg_dts_migrate',
                                        dict(args, state='absent', drop_destination=True))
     assert status == 'changed', cancelled
+
+
+def test_scheduled_task_starts_at_its_time_and_reruns_only_report(servers, ansible, tmp_path):
+    import datetime
+    src, dst = servers
+    src.create_database('later')
+    src.execute('CREATE TABLE t (id int PRIMARY KEY)', dbname='later')
+    src.execute('INSERT INTO t SELECT generate_series(1, 100)', dbname='later')
+    start_at = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=30)).replace(microsecond=0)
+    args = migrate_args(servers, tmp_path, name='later_task', databases=['later'], start_at=start_at.isoformat())
+    status, result = ansible.module('pgdts.migration.pg_dts_migrate', args)
+    assert status == 'changed', result
+    assert result['task']['stage'] == 'scheduled'
+    assert dst.value("SELECT count(*) FROM pg_database WHERE datname = 'later'") == 0
+    status, again = ansible.module('pgdts.migration.pg_dts_migrate', args)
+    assert status == 'ok', again
+    assert again['action'] == 'reported' and again['task']['stage'] == 'scheduled'
+    status, copied = ansible.module('pgdts.migration.pg_dts_migrate', dict(args, wait='copied', wait_timeout=120))
+    assert status == 'ok', copied
+    started = datetime.datetime.fromisoformat(copied['task']['started_at'])
+    assert started >= start_at
+    assert dst.value('SELECT count(*) FROM t', dbname='later') == 100
+    status, cancelled = ansible.module('pgdts.migration.pg_dts_migrate',
+                                       dict(args, state='absent', drop_destination=True))
+    assert status == 'changed', cancelled
+
+
+def test_check_mode_starts_nothing(servers, ansible, tmp_path):
+    src, dst = servers
+    src.create_database('dry')
+    src.execute('CREATE TABLE t (id int PRIMARY KEY)', dbname='dry')
+    args = migrate_args(servers, tmp_path, name='dry_task', databases=['dry'])
+    status, result = ansible.module('pgdts.migration.pg_dts_migrate', args, check=True)
+    assert status == 'changed', result
+    assert result['action'] == 'started'
+    assert dst.value("SELECT count(*) FROM pg_database WHERE datname = 'dry'") == 0
+    assert src.value("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgdts_dry_task%%'") == 0
+    assert not (tmp_path / 'workers' / 'dry_task').exists()
