@@ -23,15 +23,21 @@ Apply session: ``session_replication_role = replica`` (triggers and foreign keys
 
 from __future__ import annotations
 
-import datetime
+import operator
+import struct
+import time
 
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import sql
-from ansible_collections.pgdts.migration.plugins.module_utils.decoding import int_to_lsn, lsn_to_int
+from ansible_collections.pgdts.migration.plugins.module_utils.decoding import gc_paused, int_to_lsn, is_connection_problem, lsn_to_int
 
 try:
     import psycopg
+    from psycopg.adapt import Dumper
+    from psycopg.pq import Format
 except ImportError:  # pragma: no cover - connection.require_psycopg() reports it
     psycopg = None
+    Dumper = object
+    Format = None
 
 # Must mirror decoding.READER_SETTINGS for the settings that shape how text values are read back.
 SESSION_SETTINGS = (
@@ -50,6 +56,8 @@ SESSION_SETTINGS = (
 )
 
 KEYED = ('primary', 'index')
+TEXT_OID = 25
+TEXT_ARRAY_OID = 1009
 _MISSING = object()
 _VALUE_PREVIEW = 200
 
@@ -107,6 +115,49 @@ class ApplyError(Exception):
     def to_dict(self):
         return {'message': self.message, 'table': self.table, 'key': self.key,
                 'lsn': int_to_lsn(self.lsn) if self.lsn is not None else None, 'statement': self.statement}
+
+
+class _TextArray:
+    """A text[] parameter already in PostgreSQL's binary array format (built far faster than psycopg's list dumper)."""
+
+    __slots__ = ('data',)
+
+    _HEADER = struct.Struct('>iiIii')
+
+    def __init__(self, values, _null=b'\xff\xff\xff\xff', _length=struct.Struct('>i').pack):
+        values = list(values)
+        has_null = None in values
+        if has_null:
+            encoded = [None if v is None else v.encode() for v in values]
+            body = b''.join([_null if r is None else _length(len(r)) + r for r in encoded])
+        else:
+            body = b''.join([_length(len(r)) + r for r in [v.encode() for v in values]])
+        self.data = self._HEADER.pack(1, 1 if has_null else 0, TEXT_OID, len(values), 1) + body
+
+
+class _TextArrayDumper(Dumper):
+    format = Format.BINARY if Format is not None else None
+    oid = TEXT_ARRAY_OID
+
+    def dump(self, obj):
+        return obj.data
+
+
+class _ConnectionLost(Exception):
+    """Carries a psycopg error that means the connection or server went away."""
+
+    def __init__(self, error):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _quiet_rollback(conn):
+    if conn.closed or conn.broken:
+        return
+    try:
+        conn.rollback()
+    except psycopg.Error:
+        pass
 
 
 class _NetFailed(Exception):
@@ -230,7 +281,9 @@ class Applier:
         self.net = net
         self.targets = {}
         self._is_setup = False
-        self.stats = {'batches': 0, 'net_batches': 0, 'ordered_batches': 0, 'fallbacks': 0, 'statements': 0}
+        self._reload_catalog = False
+        self.stats = {'batches': 0, 'net_batches': 0, 'ordered_batches': 0, 'fallbacks': 0, 'statements': 0,
+                      'net_seconds': 0.0}
         self.last_fallback_reason = None
 
     # -- session -------------------------------------------------------------------------------------------------
@@ -239,6 +292,7 @@ class Applier:
         if self.conn.autocommit:
             raise ApplyError('the Applier needs a connection that is not in autocommit mode')
         conn = self.conn
+        conn.adapters.register_dumper(_TextArray, _TextArrayDumper)
         try:
             with conn.cursor() as cur:
                 for name, value in SESSION_SETTINGS:
@@ -253,13 +307,19 @@ class Applier:
                 conn.commit()
                 self._load_catalog(cur)
             conn.commit()
+        except ApplyError:
+            conn.rollback()
+            raise
         except psycopg.Error as exc:
+            if is_connection_problem(exc, conn):
+                raise
             conn.rollback()
             raise ApplyError('cannot set up the apply session for replication origin "%s": %s'
                              % (self.origin_name, _pg_message(exc))) from None
         self._is_setup = True
 
     def _load_catalog(self, cur):
+        self.targets = {}
         keys = list(self.tables)
         generated = 'a.attgenerated' if self.conn.info.server_version >= 120000 else "''::\"char\""
         cur.execute(_CATALOG_QUERY.format(generated=generated), ([k[0] for k in keys], [k[1] for k in keys]))
@@ -340,6 +400,10 @@ class Applier:
     # -- apply ---------------------------------------------------------------------------------------------------
     def apply(self, transactions):
         """Apply a batch in ONE destination transaction. Returns counts and the last commit applied."""
+        with gc_paused():
+            return self._apply(transactions)
+
+    def _apply(self, transactions):
         if not self._is_setup:
             raise ApplyError('Applier.setup() must run before apply()')
         txns = list(transactions)
@@ -348,6 +412,21 @@ class Applier:
                 raise ApplyError('transactions are not in commit order (%s after %s)'
                                  % (int_to_lsn(after.commit_lsn), int_to_lsn(before.commit_lsn)), lsn=after.commit_lsn)
         conn = self.conn
+        if self._reload_catalog:
+            # the last batch failed: the user may have fixed the destination's tables since
+            try:
+                with conn.cursor() as cur:
+                    self._load_catalog(cur)
+                conn.commit()
+            except ApplyError:
+                conn.rollback()
+                raise
+            except psycopg.Error as exc:
+                if is_connection_problem(exc, conn):
+                    raise
+                conn.rollback()
+                raise ApplyError('cannot read the destination catalog: %s' % _pg_message(exc)) from None
+            self._reload_catalog = False
         try:
             with conn.cursor() as cur:
                 progress = self._progress(cur, False)
@@ -370,21 +449,30 @@ class Applier:
                 if mode == 'ordered':
                     result['changes'] = self._apply_ordered(cur, todo)
                 last = todo[-1]
-                cur.execute('SELECT pg_catalog.%s()' % ('pg_current_xact_id' if conn.info.server_version >= 130000
-                                                        else 'txid_current'))
+                # a transaction id makes the commit write a commit record, which carries the origin's progress
+                if conn.info.server_version >= 130000:
+                    cur.execute('SELECT pg_catalog.pg_current_xact_id()')
+                else:
+                    cur.execute('SELECT pg_catalog.txid_current()')
                 cur.execute('SELECT pg_catalog.pg_replication_origin_xact_setup(%s::pg_lsn, '
                             'COALESCE(%s::timestamptz, pg_catalog.now()))',
                             (int_to_lsn(last.commit_lsn), last.commit_time))
             conn.commit()
+        except _ConnectionLost as lost:
+            _quiet_rollback(conn)
+            raise lost.error from None      # the worker retries after an outage: keep psycopg's own error
         except ApplyError:
-            conn.rollback()
+            _quiet_rollback(conn)
+            self._reload_catalog = True
             raise
         except psycopg.Error as exc:
-            conn.rollback()
+            _quiet_rollback(conn)
+            if is_connection_problem(exc, conn):
+                raise
+            self._reload_catalog = True
             raise ApplyError('cannot apply the batch: %s' % _pg_message(exc)) from None
         except BaseException:
-            if not conn.closed:
-                conn.rollback()
+            _quiet_rollback(conn)
             raise
         self.stats['batches'] += 1
         self.stats['%s_batches' % mode] += 1
@@ -422,6 +510,8 @@ class Applier:
         try:
             self._execute(cur, query, None)
         except psycopg.Error as exc:
+            if is_connection_problem(exc, self.conn):
+                raise _ConnectionLost(exc) from None
             raise ApplyError('cannot apply TRUNCATE: %s' % _pg_message(exc), ', '.join(t.name for t in targets),
                              None, lsn, query.as_string(self.conn)) from None
         return 1
@@ -456,12 +546,18 @@ class Applier:
     def _run_one(self, cur, target, query, params, lsn, key, what):
         try:
             return self._execute(cur, query, params)
-        except psycopg.errors.UniqueViolation as exc:
-            raise ApplyError('cannot apply %s: duplicate key on the destination: %s' % (what, _pg_message(exc)),
-                             target.name, key, lsn, _shown(query, self.conn)) from None
         except psycopg.Error as exc:
-            raise ApplyError('cannot apply %s: %s' % (what, _pg_message(exc)), target.name, key, lsn,
-                             _shown(query, self.conn)) from None
+            if is_connection_problem(exc, self.conn):
+                raise _ConnectionLost(exc) from None
+            self._statement_error(exc, target, query, lsn, key, what)
+        return 0
+
+    def _statement_error(self, exc, target, query, lsn, key, what):
+        if isinstance(exc, psycopg.errors.UniqueViolation):
+            message = 'cannot apply %s: duplicate key on the destination: %s' % (what, _pg_message(exc))
+        else:
+            message = 'cannot apply %s: %s' % (what, _pg_message(exc))
+        raise ApplyError(message, target.name, key, lsn, _shown(query, self.conn))
 
     def _insert_one(self, cur, target, new, lsn):
         key = target.key_of(new) if target.keyed else None
@@ -509,8 +605,8 @@ class Applier:
     def _located(self, target, where, ctid_limited):
         if not ctid_limited:
             return where
-        return sql.SQL('t.ctid = (SELECT t.ctid FROM {}{} AS t WHERE {} LIMIT 1)').format(target.only, target.ident,
-                                                                                           where)
+        query = sql.SQL('t.ctid = (SELECT t.ctid FROM {}{} AS t WHERE {} LIMIT 1)')
+        return query.format(target.only, target.ident, where)
 
     def _update_one(self, cur, target, change, lsn):
         where, params, key, limited = self._match(target, change, lsn)
@@ -565,8 +661,8 @@ class Applier:
 
     def _delete_one(self, cur, target, change, lsn):
         where, params, key, limited = self._match(target, change, lsn)
-        query = sql.SQL('DELETE FROM {}{} AS t WHERE {}').format(target.only, target.ident,
-                                                                self._located(target, where, limited))
+        located = self._located(target, where, limited)
+        query = sql.SQL('DELETE FROM {}{} AS t WHERE {}').format(target.only, target.ident, located)
         if self._run_one(cur, target, query, params, lsn, key, 'DELETE') < 1:
             raise ApplyError('cannot apply DELETE: the row does not exist on the destination', target.name, key, lsn,
                              _shown(query, self.conn))
@@ -606,9 +702,13 @@ class Applier:
                 self._flush_table(cur, state)
 
     def _net_execute(self, cur, target, query, params, expected, what):
+        started = time.perf_counter()
         try:
             count = self._execute(cur, query, params)
+            self.stats['net_seconds'] += time.perf_counter() - started
         except psycopg.Error as exc:
+            if is_connection_problem(exc, self.conn):
+                raise _ConnectionLost(exc) from None
             raise _NetFailed('set-based %s on %s failed: %s' % (what, target.name, _pg_message(exc))) from None
         if count != expected:
             raise _NetFailed('set-based %s on %s touched %d rows instead of %d' % (what, target.name, count, expected))
@@ -639,17 +739,15 @@ class Applier:
             kcols = [target.columns[k] for k in target.key_columns]
             query = target.statements.get('net_delete')
             if query is None:
-                query = target.statements['net_delete'] = sql.SQL(
-                    'DELETE FROM {}{} AS t USING unnest({}) AS d({}) WHERE {}').format(
-                        target.only, target.ident, _arrays(len(kcols)), _aliases(len(kcols)),
-                        _key_join(kcols, 0)).as_bytes(self.conn)
-            self._net_execute(cur, target, query, [list(c) for c in zip(*deletes)], len(deletes), 'DELETE')
+                query = target.statements['net_delete'] = sql.SQL('DELETE FROM {}{} AS t USING {} WHERE {}').format(
+                    target.only, target.ident, _batch_rows(len(kcols), kcols), _key_join(kcols, 0)).as_bytes(self.conn)
+            self._net_execute(cur, target, query, state.key_arrays(deletes), len(deletes), 'DELETE')
         for names, rows in updates.items():
-            self._net_update(cur, target, names, rows, lsn)
+            self._net_update(cur, target, names, rows, lsn, state)
         for names, rows in inserts.items():
             self._net_insert(cur, target, names, rows, lsn)
 
-    def _net_update(self, cur, target, names, rows, lsn):
+    def _net_update(self, cur, target, names, rows, lsn, state):
         kcols = [target.columns[k] for k in target.key_columns]
         written = target.written(names, lsn, None)
         cols = [c for c in written if c.identity != 'a']
@@ -666,13 +764,12 @@ class Applier:
             conds += [sql.SQL('t.{} = d.{}::{}').format(c.ident, sql.Identifier('c%d' % (nkeys + len(cols) + i)), c.cast)
                       for i, c in enumerate(always)]
             width = nkeys + len(cols) + len(always)
-            query = target.statements[cache_key] = sql.SQL(
-                'UPDATE {}{} AS t SET {} FROM unnest({}) AS d({}) WHERE {}').format(
-                    target.only, target.ident, sql.SQL(', ').join(assignments), _arrays(width), _aliases(width),
-                    sql.SQL(' AND ').join(conds)).as_bytes(self.conn)
-        params = [list(c) for c in zip(*(key for key, _values in rows))]
-        params += [[values[c.name] for _key, values in rows] for c in cols]
-        params += [[values[c.name] for _key, values in rows] for c in always]
+            query = target.statements[cache_key] = sql.SQL('UPDATE {}{} AS t SET {} FROM {} WHERE {}').format(
+                target.only, target.ident, sql.SQL(', ').join(assignments), _batch_rows(width, kcols),
+                sql.SQL(' AND ').join(conds)).as_bytes(self.conn)
+        params = state.key_arrays([key for key, _values in rows])
+        params += [_TextArray([values[c.name] for _key, values in rows]) for c in cols]
+        params += [_TextArray([values[c.name] for _key, values in rows]) for c in always]
         self._net_execute(cur, target, query, params, len(rows), 'UPDATE')
 
     def _net_insert(self, cur, target, names, rows, lsn):
@@ -681,23 +778,31 @@ class Applier:
         if entry is None:
             cols = target.written(names, lsn, None)
             overriding = sql.SQL(' OVERRIDING SYSTEM VALUE') if any(c.identity == 'a' for c in cols) else sql.SQL('')
-            query = sql.SQL('INSERT INTO {} ({}){} SELECT {} FROM unnest({}) AS d({})').format(
+            order = None
+            if target.keyed and all(k in names for k in target.key_columns):
+                position = {c.name: i for i, c in enumerate(cols)}
+                order = [(position[k], target.columns[k]) for k in target.key_columns]
+            query = sql.SQL('INSERT INTO {} ({}){} SELECT {} FROM {}').format(
                 target.ident, sql.SQL(', ').join(c.ident for c in cols), overriding,
                 sql.SQL(', ').join(sql.SQL('d.{}::{}').format(sql.Identifier('c%d' % i), c.cast)
                                    for i, c in enumerate(cols)),
-                _arrays(len(cols)), _aliases(len(cols))).as_bytes(self.conn)
+                _batch_rows(len(cols), order)).as_bytes(self.conn)
             entry = target.statements[cache_key] = (query, [c.name for c in cols])
         query, colnames = entry
-        params = [[row[name] for row in rows] for name in colnames]
+        params = [_TextArray([row[name] for row in rows]) for name in colnames]
         self._net_execute(cur, target, query, params, len(rows), 'INSERT')
 
 
-def _arrays(count):
-    return sql.SQL(', ').join([sql.SQL('{}::text[]').format(sql.Placeholder())] * count)
-
-
-def _aliases(count):
-    return sql.SQL(', ').join(sql.Identifier('c%d' % i) for i in range(count))
+def _batch_rows(width, order=None):
+    """The batch's rows as relation d(c0, c1, ...) from `width` text[] parameters. With `order` (key columns, or
+    (position, column) pairs) the rows come in key order, so index probes and heap pages are visited in order."""
+    arrays = sql.SQL(', ').join([sql.SQL('{}::text[]').format(sql.Placeholder())] * width)
+    aliases = sql.SQL(', ').join(sql.Identifier('c%d' % i) for i in range(width))
+    if not order:
+        return sql.SQL('unnest({}) AS d({})').format(arrays, aliases)
+    pairs = [item if isinstance(item, tuple) else (i, item) for i, item in enumerate(order)]
+    keys = sql.SQL(', ').join(sql.SQL('u.{}::{}').format(sql.Identifier('c%d' % i), col.cast) for i, col in pairs)
+    return sql.SQL('(SELECT * FROM unnest({}) AS u({}) ORDER BY {}) AS d').format(arrays, aliases, keys)
 
 
 def _key_join(kcols, offset):
@@ -727,10 +832,11 @@ _KIND_NAMES = {'I': 'INSERT', 'U': 'UPDATE', 'D': 'DELETE', 'T': 'TRUNCATE'}
 class _NetTable:
     """The net effect of a batch's changes on one table, per key.
 
-    entries: key tuple -> [op, values, lsn] with op 'I' (insert full row), 'U' (update these columns), 'D' (delete)
-    or 'DI' (delete, then insert full row). Tables that cannot be netted keep their changes in `raw` order."""
+    entries: key -> [op, values, lsn] with op 'I' (insert full row), 'U' (update these columns), 'D' (delete) or 'DI'
+    (delete, then insert full row); the key is the key column's value, or a tuple of them for a multi-column key.
+    Tables that cannot be netted keep their changes in `raw` order. Change objects are never modified."""
 
-    __slots__ = ('target', 'entries', 'plain', 'raw', 'ordered', 'last_lsn')
+    __slots__ = ('target', 'entries', 'plain', 'raw', 'ordered', 'last_lsn', 'keyget', 'single')
 
     def __init__(self, target):
         self.target = target
@@ -739,75 +845,75 @@ class _NetTable:
         self.raw = []
         self.ordered = False
         self.last_lsn = None
+        kcols = target.key_columns
+        self.keyget = operator.itemgetter(*kcols) if target.keyed else None
+        self.single = len(kcols) == 1
 
     def add(self, change, lsn):
         self.raw.append((change, lsn))
         self.last_lsn = lsn
         if self.ordered:
             return
-        target = self.target
+        keyget = self.keyget
         kind = change.kind
-        if not target.keyed:
+        if keyget is None:
             if kind == 'I':
                 self.plain.append(change.new)
             else:
                 self.ordered = True
             return
-        kcols = target.key_columns
-        if kind == 'I':
-            new = change.new
-            key = tuple(new.get(k, _MISSING) for k in kcols)
-            if _MISSING in key:
-                self.ordered = True
-                return
-            entry = self.entries.get(key)
-            if entry is None:
-                self.entries[key] = ['I', new, lsn]
-            elif entry[0] == 'D':
-                entry[0] = 'DI'
-                entry[1] = new
-                entry[2] = lsn
+        entries = self.entries
+        try:
+            if kind == 'U':
+                new = change.new
+                key = keyget(new)
+                old = change.old
+                if old is not None and keyget(old) != key:
+                    self.ordered = True   # a key change: apply this table in order
+                    return
+                entry = entries.get(key)
+                if entry is None:
+                    entries[key] = ['U', new, lsn]
+                elif entry[0] == 'D':
+                    raise _NetFailed('UPDATE of a row the batch deleted in %s' % self.target.name)
+                else:
+                    entry[1] = {**entry[1], **new}
+                    entry[2] = lsn
+            elif kind == 'I':
+                new = change.new
+                key = keyget(new)
+                entry = entries.get(key)
+                if entry is None:
+                    entries[key] = ['I', new, lsn]
+                elif entry[0] == 'D':
+                    entry[0] = 'DI'
+                    entry[1] = new
+                    entry[2] = lsn
+                else:
+                    raise _NetFailed('INSERT of a key that the batch already has in %s' % self.target.name)
+            elif kind == 'D':
+                key = keyget(change.old)
+                entry = entries.get(key)
+                if entry is None:
+                    entries[key] = ['D', None, lsn]
+                elif entry[0] == 'I':
+                    del entries[key]
+                elif entry[0] == 'D':
+                    raise _NetFailed('DELETE of a row the batch deleted in %s' % self.target.name)
+                else:
+                    entry[0] = 'D'
+                    entry[1] = None
+                    entry[2] = lsn
             else:
-                raise _NetFailed('INSERT of a key that the batch already has in %s' % target.name)
-        elif kind == 'U':
-            new = change.new
-            key = tuple(new.get(k, _MISSING) for k in kcols)
-            if _MISSING in key:
                 self.ordered = True
-                return
-            old = change.old
-            if old and tuple(old.get(k, _MISSING) for k in kcols) != key:
-                self.ordered = True   # a key change (or an old key we cannot read): apply this table in order
-                return
-            entry = self.entries.get(key)
-            if entry is None:
-                self.entries[key] = ['U', new, lsn]
-            elif entry[0] == 'D':
-                raise _NetFailed('UPDATE of a row the batch deleted in %s' % target.name)
-            else:
-                merged = dict(entry[1])
-                merged.update(new)
-                entry[1] = merged
-                entry[2] = lsn
-        elif kind == 'D':
-            old = change.old
-            key = tuple(old.get(k, _MISSING) for k in kcols) if old else (_MISSING,)
-            if _MISSING in key:
-                self.ordered = True
-                return
-            entry = self.entries.get(key)
-            if entry is None:
-                self.entries[key] = ['D', None, lsn]
-            elif entry[0] == 'I':
-                del self.entries[key]
-            elif entry[0] == 'D':
-                raise _NetFailed('DELETE of a row the batch deleted in %s' % target.name)
-            else:
-                entry[0] = 'D'
-                entry[1] = None
-                entry[2] = lsn
-        else:
-            self.ordered = True
+        except (KeyError, TypeError):
+            self.ordered = True   # a change without its key columns (or without an old key): apply in order
+
+    def key_arrays(self, keys):
+        """text[] parameters for the key columns of `keys`."""
+        if self.single:
+            return [_TextArray(keys)]
+        return [_TextArray(column) for column in zip(*keys)]
 
 
 def drop_origin(conn, origin_name, missing_ok=True):
@@ -844,7 +950,3 @@ def origin_progress(conn, origin_name):
     if not conn.autocommit:
         conn.rollback()
     return result
-
-
-def now_utc():
-    return datetime.datetime.now(datetime.timezone.utc)

@@ -131,7 +131,8 @@ class ParallelCopy:
         self.on_table_start = on_table_start or (lambda table: None)
         self.on_progress = on_progress or (lambda table, delta: None)
         self.on_table_done = on_table_done or (lambda table, rows, nbytes: None)
-        self.stop_event = stop_event or threading.Event()
+        self.stop_event = stop_event or threading.Event()   # set by the caller: stop copying
+        self._abort = threading.Event()                     # set by a failed job: the other jobs stop too
         self.log = log or (lambda msg: None)
         self.imported = threading.Event()
         self._imported_count = 0
@@ -180,6 +181,9 @@ class ParallelCopy:
             table, message = self._errors[0]
             raise CopyError(table, message)
 
+    def stopping(self):
+        return self.stop_event.is_set() or self._abort.is_set()
+
     def _mark_imported(self):
         with self._lock:
             self._imported_count += 1
@@ -197,7 +201,7 @@ class ParallelCopy:
                     src.execute(sql.SQL('SET TRANSACTION SNAPSHOT {}').format(sql.Literal(self.snapshot)))
                 src.execute("SET LOCAL statement_timeout = 0")
                 self._mark_imported()
-                while not self.stop_event.is_set():
+                while not self.stopping():
                     try:
                         current = work.get_nowait()
                     except queue.Empty:
@@ -214,7 +218,8 @@ class ParallelCopy:
         except Exception as exc:  # pylint: disable=broad-except
             with self._lock:
                 self._errors.append((current.table.qualified if current else self.dbname, str(exc).strip()))
-            self.stop_event.set()
+            # stop the other jobs, not the caller: its stop_event means "stop requested" (a cancel), not "failed"
+            self._abort.set()
         finally:
             self._mark_imported()
 
@@ -287,7 +292,7 @@ class _Progress:
             if now - self.last >= PROGRESS_INTERVAL:
                 self.flush()
                 self.last = now
-            if self.copier.stop_event.is_set():
+            if self.copier.stopping():
                 raise CopyError(self.table.qualified, 'stopped')
 
     def flush(self):

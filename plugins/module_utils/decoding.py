@@ -25,10 +25,14 @@ what the destination has committed (see ``apply.Applier``).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import gc
 import json
 import re
 import struct
+import sys
+import threading
 import time
 
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import sql
@@ -39,6 +43,7 @@ except ImportError:  # pragma: no cover - connection.require_psycopg() reports i
     psycopg = None
 
 PLUGINS = ('pgoutput', 'wal2json')
+PREFETCH_SWITCH_INTERVAL = 0.001   # seconds; sys.setswitchinterval() while a decode thread runs (default 0.005)
 
 # The settings of the reading session that shape the text of decoded values. apply.SESSION_SETTINGS mirrors them.
 READER_SETTINGS = (
@@ -64,6 +69,33 @@ class DecodeError(Exception):
         self.message = message
         self.lsn = lsn
         self.table = table
+
+
+class _GcPause:
+    """Counts the sections that run with the cyclic garbage collector paused (shared by all threads).
+
+    Decoding and apply build many small acyclic objects (dicts of strings); the collector's passes over them cost
+    as much as the work itself, and reference counting frees them anyway."""
+
+    lock = threading.Lock()
+    depth = 0
+    was_enabled = False
+
+
+@contextlib.contextmanager
+def gc_paused():
+    with _GcPause.lock:
+        if _GcPause.depth == 0:
+            _GcPause.was_enabled = gc.isenabled()
+            gc.disable()
+        _GcPause.depth += 1
+    try:
+        yield
+    finally:
+        with _GcPause.lock:
+            _GcPause.depth -= 1
+            if _GcPause.depth == 0 and _GcPause.was_enabled:
+                gc.enable()
 
 
 # -- LSNs ----------------------------------------------------------------------------------------------------------
@@ -113,8 +145,8 @@ class Change:
     def __repr__(self):
         if self.kind == 'T':
             return 'Change(T %r cascade=%s restart_identity=%s)' % (self.truncate, self.cascade, self.restart_identity)
-        return 'Change(%s %s.%s new=%r old=%r unchanged=%s)' % (self.kind, self.schema, self.table, self.new, self.old,
-                                                                  sorted(self.unchanged))
+        return 'Change(%s %s.%s new=%r old=%r unchanged=%s)' % (
+            self.kind, self.schema, self.table, self.new, self.old, sorted(self.unchanged))
 
     def __eq__(self, other):
         return isinstance(other, Change) and all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
@@ -136,8 +168,8 @@ class Transaction:
         self.origin = origin
 
     def __repr__(self):
-        return 'Transaction(xid=%s commit=%s end=%s changes=%d)' % (self.xid, int_to_lsn(self.commit_lsn),
-                                                                  int_to_lsn(self.end_lsn), len(self.changes))
+        return 'Transaction(xid=%s commit=%s end=%s changes=%d)' % (
+            self.xid, int_to_lsn(self.commit_lsn), int_to_lsn(self.end_lsn), len(self.changes))
 
 
 # -- publications and slots ----------------------------------------------------------------------------------------
@@ -203,6 +235,8 @@ def create_slot_with_snapshot(repl_conn, slot_name, plugin, temporary=False):
         except psycopg.errors.DuplicateObject:
             raise DecodeError('replication slot "%s" already exists' % slot_name) from None
         except psycopg.Error as exc:
+            if is_connection_problem(exc, repl_conn):
+                raise
             raise DecodeError('cannot create replication slot "%s": %s' % (slot_name, _pg_message(exc))) from None
         row = cur.fetchone()
     return lsn_to_int(row[1]), row[2]
@@ -250,6 +284,16 @@ def drop_slot(conn, slot_name, missing_ok=True, timeout=30.0):
         time.sleep(0.1)
 
 
+def is_connection_problem(exc, conn=None):
+    """Whether a psycopg error means the connection or server went away (retry later) rather than a SQL error."""
+    if conn is not None and (conn.closed or conn.broken):
+        return True
+    sqlstate = getattr(exc, 'sqlstate', None)
+    if not sqlstate:
+        return isinstance(exc, psycopg.OperationalError)
+    return sqlstate.startswith('08') or sqlstate.startswith('57P')
+
+
 def _pg_message(exc):
     diag = getattr(exc, 'diag', None)
     primary = getattr(diag, 'message_primary', None) if diag is not None else None
@@ -262,13 +306,6 @@ _BEGIN = struct.Struct('>qqI').unpack_from
 _COMMIT = struct.Struct('>bqqq').unpack_from
 _I32 = struct.Struct('>I').unpack_from
 _I16 = struct.Struct('>H').unpack_from
-_REL_HEAD = struct.Struct('>I').unpack_from
-_COL_TAIL = struct.Struct('>Ii').unpack_from
-
-
-def pg_timestamp(micros):
-    """pgoutput timestamps are microseconds since 2000-01-01 UTC."""
-    return _PG_EPOCH + datetime.timedelta(microseconds=micros)
 
 
 class _Relation:
@@ -288,7 +325,7 @@ def _cstring(buf, pos):
 
 
 def _parse_relation(buf):
-    (relid,) = _REL_HEAD(buf, 1)
+    (relid,) = _I32(buf, 1)
     schema, pos = _cstring(buf, 5)
     table, pos = _cstring(buf, pos)
     replident = chr(buf[pos])
@@ -308,8 +345,8 @@ def _parse_relation(buf):
 def _parse_tuple(buf, pos, names, i32=_I32):
     """TupleData at buf[pos] -> (values dict, unchanged frozenset, next pos)."""
     if _I16(buf, pos)[0] != len(names):
-        raise DecodeError('pgoutput tuple data has %d columns, its Relation message %d' % (_I16(buf, pos)[0],
-                                                                                         len(names)))
+        raise DecodeError('pgoutput tuple data has %d columns, its Relation message %d'
+                          % (_I16(buf, pos)[0], len(names)))
     pos += 2
     values = {}
     unchanged = None
@@ -341,6 +378,7 @@ class PgOutputParser:
         self.relations = {}
         self.txn = None
         self.skip = False
+        self._append = self._no_transaction
 
     def relation(self, relid):
         try:
@@ -354,34 +392,36 @@ class PgOutputParser:
         if tag == 85 or tag == 73 or tag == 68:  # 'U', 'I', 'D'
             if self.skip:
                 return None
-            (relid,) = _I32(buf, 1)
-            rel = self.relations.get(relid)
-            if rel is None:
-                self.relation(relid)
+            try:
+                rel = self.relations[_I32(buf, 1)[0]]
+            except KeyError:
+                rel = self.relation(_I32(buf, 1)[0])
+            names = rel.names
             if tag == 85:
                 sub = buf[5]
-                if sub == 78:  # 'N'
-                    new, unchanged, _pos = _parse_tuple(buf, 6, rel.names)
-                    self.txn.changes.append(Change('U', rel.schema, rel.table, new, None, unchanged))
+                if sub == 78:  # 'N' only: the key did not change
+                    new, unchanged, _pos = _parse_tuple(buf, 6, names)
+                    self._append(Change('U', rel.schema, rel.table, new, None, unchanged))
                     return None
-                old, _old_unchanged, pos = _parse_tuple(buf, 6, rel.names)
+                old, _old_unchanged, pos = _parse_tuple(buf, 6, names)
                 if sub == 75:  # 'K': only the replica identity columns carry values
                     old = {k: old[k] for k in rel.key_names if k in old}
-                new, unchanged, _pos = _parse_tuple(buf, pos + 1, rel.names)
-                self.txn.changes.append(Change('U', rel.schema, rel.table, new, old, unchanged))
+                new, unchanged, _pos = _parse_tuple(buf, pos + 1, names)
+                self._append(Change('U', rel.schema, rel.table, new, old, unchanged))
             elif tag == 73:
-                new, unchanged, _pos = _parse_tuple(buf, 6, rel.names)
-                self.txn.changes.append(Change('I', rel.schema, rel.table, new, None, unchanged))
+                new, unchanged, _pos = _parse_tuple(buf, 6, names)
+                self._append(Change('I', rel.schema, rel.table, new, None, unchanged))
             else:
-                old, _unchanged, _pos = _parse_tuple(buf, 6, rel.names)
+                old, _unchanged, _pos = _parse_tuple(buf, 6, names)
                 if buf[5] == 75:
                     old = {k: old[k] for k in rel.key_names if k in old}
-                self.txn.changes.append(Change('D', rel.schema, rel.table, None, old))
+                self._append(Change('D', rel.schema, rel.table, None, old))
             return None
         if tag == 66:  # 'B'
             final_lsn, _micros, xid = _BEGIN(buf, 1)
             self.skip = skip_before is not None and final_lsn < skip_before
             self.txn = Transaction(xid, final_lsn)
+            self._append = self.txn.changes.append
             return None
         if tag == 67:  # 'C'
             txn = self.txn
@@ -390,6 +430,7 @@ class PgOutputParser:
             _flags, txn.commit_lsn, txn.end_lsn, micros = _COMMIT(buf, 1)
             txn.commit_time = _PG_EPOCH + datetime.timedelta(microseconds=micros)
             self.txn = None
+            self._append = self._no_transaction
             return None if self.skip else txn
         if tag == 82:  # 'R'
             relid, rel = _parse_relation(buf)
@@ -406,8 +447,7 @@ class PgOutputParser:
                 (relid,) = _I32(buf, 6 + 4 * i)
                 rel = self.relation(relid)
                 targets.append((rel.schema, rel.table))
-            txn.changes.append(Change('T', None, None, None, None, _EMPTY, targets, bool(options & 1),
-                                      bool(options & 2)))
+            self._append(Change('T', None, None, None, None, _EMPTY, targets, bool(options & 1), bool(options & 2)))
         elif tag == 79:  # 'O' origin
             if txn is not None:
                 txn.origin, _pos = _cstring(buf, 9)
@@ -417,27 +457,30 @@ class PgOutputParser:
             raise DecodeError('pgoutput sent an unknown message type %r' % chr(tag))
         return None
 
+    @staticmethod
+    def _no_transaction(_change):
+        raise DecodeError('pgoutput sent a change outside a transaction')
+
 
 # -- wal2json --------------------------------------------------------------------------------------------------------
 
 _json_decode = json.JSONDecoder(parse_float=str, parse_int=str).decode
-_TS_RE = re.compile(r'^(\d{4}-\d\d-\d\d)[ T](\d\d:\d\d:\d\d(?:\.\d+)?)([+-]\d\d)(?::?(\d\d))?(?::?(\d\d))?$')
+_TS_RE = re.compile(r'^(\d{4,})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?([+-])(\d\d)(?::?(\d\d))?(?::?(\d\d))?$')
+_UTC = datetime.timezone.utc
 BYTEA_OID = '17'
 NUMERIC_TYPES = ('numeric', 'double precision', 'real', 'float4', 'float8', 'decimal')
 
 
 def parse_pg_timestamptz(text):
-    """'2026-11-25 03:06:13.369772+00' (ISO output of timestamptz) -> aware datetime."""
+    """'2026-11-25 03:06:13.369772+00' (ISO output of timestamptz) -> aware datetime in UTC."""
     match = _TS_RE.match(text.strip())
     if not match:
         raise DecodeError('cannot parse timestamp %r' % text)
-    date, clock, hours, minutes, seconds = match.groups()
-    whole, _dot, frac = clock.partition('.')
-    sign = -1 if hours[0] == '-' else 1
-    offset = datetime.timedelta(hours=int(hours[1:]), minutes=int(minutes or 0), seconds=int(seconds or 0)) * sign
-    value = datetime.datetime.strptime('%s %s' % (date, whole), '%Y-%m-%d %H:%M:%S')
-    value = value.replace(microsecond=int((frac + '000000')[:6]) if frac else 0, tzinfo=datetime.timezone(offset))
-    return value.astimezone(datetime.timezone.utc)
+    year, month, day, hour, minute, second, frac, sign, off_h, off_m, off_s = match.groups()
+    offset = datetime.timedelta(hours=int(off_h), minutes=int(off_m or 0), seconds=int(off_s or 0))
+    value = datetime.datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
+                              int((frac or '0').ljust(6, '0')), tzinfo=_UTC)
+    return value - offset if sign == '+' else value + offset
 
 
 def _json_value(value):
@@ -475,15 +518,18 @@ class Wal2JsonParser:
         values = {}
         for item in items:
             value = item.get('value')
-            if value is None and not self.numeric_as_string and _is_numeric_type(item.get('type')):
-                raise DecodeError(
-                    'wal2json sent NULL for numeric column "%s" of %s at %s: this wal2json does not support '
-                    'numeric-data-types-as-string and prints NaN and Infinity as NULL, so the real value is unknown. '
-                    'Use the pgoutput plugin or wal2json 2.6 or later' % (item.get('name'), where, int_to_lsn(lsn)),
-                    lsn=lsn, table=where)
-            if value is not None and item.get('typeoid') == BYTEA_OID:   # (numbers are kept as text)
+            if value is None:
+                if not self.numeric_as_string and _is_numeric_type(item.get('type')):
+                    raise DecodeError(
+                        'wal2json sent NULL for numeric column "%s" of %s at %s: this wal2json does not support '
+                        'numeric-data-types-as-string and prints NaN and Infinity as NULL, so the real value is '
+                        'unknown. Use the pgoutput plugin or wal2json 2.6 or later'
+                        % (item.get('name'), where, int_to_lsn(lsn)), lsn=lsn, table=where)
+            elif value.__class__ is not str:
+                value = _json_value(value)
+            elif item.get('typeoid') == BYTEA_OID:     # numbers, the type OID too, are kept as text
                 value = '\\x' + value    # wal2json prints bytea (not a domain over it) without its \x prefix
-            values[item['name']] = _json_value(value)
+            values[item['name']] = value
         return values
 
     def feed(self, data, skip_before=None):
@@ -493,7 +539,7 @@ class Wal2JsonParser:
             commit_lsn = lsn_to_int(record['lsn'])
             self.skip = skip_before is not None and commit_lsn < skip_before
             self.txn = Transaction(int(record['xid']) if record.get('xid') is not None else None, commit_lsn,
-                                   lsn_to_int(record.get('nextlsn')), parse_pg_timestamptz(record['timestamp']))
+                                   lsn_to_int(record.get('nextlsn')))
             return None
         if action == 'C':
             txn = self.txn
@@ -546,20 +592,30 @@ def wal2json_escape(name):
 class SlotReader:
     """Peek whole transactions from a logical slot, in commit order, without consuming them.
 
-    `conn` is an autocommit SQL connection to the source database (the reader changes its session settings, see
-    READER_SETTINGS). `publication` is required for pgoutput; `tables` ((schema, table) pairs) limits wal2json
-    output (add-tables) and filters changes client-side for both plugins.
+    `conn` is an autocommit SQL connection to the source database, used only by this reader (it changes the session
+    settings, see READER_SETTINGS). `publication` is required for pgoutput; `tables` ((schema, table) pairs) limits
+    wal2json output (add-tables) and filters changes client-side for both plugins.
 
-    The reader peeks a large window (`window_changes` rows) once into a server-side cursor and hands it out in
-    batches, so the server decodes each part of the WAL once instead of once per batch. `read()` continues after the
-    last transaction it returned as long as the caller confirmed it; otherwise it starts again from the confirmed
-    position (the slot's, or what was last passed to `confirm()`), which is what a retry after a failed apply needs.
+    Windows: the reader peeks a large window (`window_changes` rows) into a server-side cursor and hands it out in
+    batches, so the server decodes each part of the WAL once instead of once per batch (a peek always decodes from
+    the slot's restart position). Memory stays bounded by a batch plus one fetch (`fetch_size` rows); a single
+    transaction is never split, so one huge transaction is held whole.
+
+    Position: `read()` continues after the last transaction it returned as long as the caller confirmed it;
+    otherwise it starts again from the confirmed position (the slot's, or what was last passed to `confirm()`), which
+    is what a retry after a failed apply needs. `reset()` forces that.
+
+    Prefetch (`prefetch=True`): after handing out a batch, a background thread decodes the next one (opening the
+    next window when needed) while the caller applies; the next `read()` takes it if the caller confirmed the batch
+    before. The interpreter's thread switch interval is lowered to PREFETCH_SWITCH_INTERVAL so that the applying
+    thread gets the GIL back quickly after each statement.
 
     `advance_interval` (seconds): `confirm()` always records the position, but calls pg_replication_slot_advance only
-    when at least this long has passed since the last advance (0: every time; `flush()` forces it)."""
+    when at least this long has passed since the last advance (0: every time). Before a new window the slot is
+    always advanced to the confirmed position; `flush()` forces an advance."""
 
-    def __init__(self, conn, slot_name, plugin='pgoutput', publication=None, tables=None, window_changes=200000,
-                 fetch_size=2000, advance_interval=0.0):
+    def __init__(self, conn, slot_name, plugin='pgoutput', publication=None, tables=None, window_changes=500000,
+                 fetch_size=2000, advance_interval=0.0, prefetch=True):
         if plugin not in PLUGINS:
             raise DecodeError('unknown decoding plugin %r (expected one of %s)' % (plugin, ', '.join(PLUGINS)))
         if plugin == 'pgoutput' and not publication:
@@ -574,6 +630,7 @@ class SlotReader:
         self.window_changes = max(int(window_changes), 1)
         self.fetch_size = max(int(fetch_size), 1)
         self.advance_interval = float(advance_interval)
+        self.prefetch = prefetch
         self.numeric_as_string = True
         self._setup_session()
         info = slot_info(conn, slot_name)
@@ -587,8 +644,8 @@ class SlotReader:
             cur.execute('SELECT pg_catalog.current_database()')
             dbname = cur.fetchone()[0]
         if info['database'] != dbname:
-            raise DecodeError('replication slot "%s" belongs to database %s, not %s' % (slot_name, info['database'],
-                                                                                       dbname))
+            raise DecodeError('replication slot "%s" belongs to database %s, not %s'
+                              % (slot_name, info['database'], dbname))
         self.confirmed_lsn = info['confirmed_flush_lsn']   # what the caller confirmed (or the slot's position)
         self.slot_confirmed_lsn = info['confirmed_flush_lsn']   # what the server slot has been advanced to
         self.end_lsn = None          # when the last read() returned done: everything before this LSN was returned
@@ -603,8 +660,15 @@ class SlotReader:
         self._window_rows = 0
         self._window_limit = self.window_changes
         self._parser = None
-        self._wanted = None
-        self.stats = {'windows': 0, 'rows': 0, 'peek_seconds': 0.0}
+        self._wanted = set(self.tables) if (plugin == 'pgoutput' and self.tables is not None) else None
+        self._thread = None
+        self._prefetched = None
+        self._prefetch_error = None
+        self._advance_lock = threading.Lock()
+        if prefetch and sys.getswitchinterval() > PREFETCH_SWITCH_INTERVAL:
+            # with the decode thread busy, a statement's result waits for the GIL for up to the switch interval
+            sys.setswitchinterval(PREFETCH_SWITCH_INTERVAL)
+        self.stats = {'windows': 0, 'rows': 0, 'peek_seconds': 0.0, 'prefetched_batches': 0}
 
     def _setup_session(self):
         with self.conn.cursor() as cur:
@@ -625,11 +689,13 @@ class SlotReader:
 
     def reset(self):
         """Forget the open window: the next read() starts again from the confirmed position."""
+        self._join_prefetch()
         self._close_window()
         self._position = None
-        self._parser = None
+        self._window_end = None
 
     def close(self):
+        self._join_prefetch()
         self._close_window()
 
     def _peek_query(self):
@@ -642,8 +708,7 @@ class SlotReader:
                                slot, sql.Literal(names.as_string(self.conn)))
         options = [('format-version', '2'), ('include-xids', '1'), ('include-timestamp', '1'), ('include-lsn', '1'),
                    ('include-types', '1'), ('include-type-oids', '1'), ('include-typmod', '0'),
-                   ('include-domain-data-type', '1'),
-                   ('include-transaction', '1')]
+                   ('include-domain-data-type', '1'), ('include-transaction', '1')]
         if self.numeric_as_string:
             options.append(('numeric-data-types-as-string', '1'))
         if self.tables is not None:
@@ -658,18 +723,20 @@ class SlotReader:
         with self.conn.cursor() as cur:
             cur.execute('SELECT pg_catalog.pg_current_wal_flush_lsn()::text')
             flush = lsn_to_int(cur.fetchone()[0])
-        cursor = self.conn.cursor(name='pgdts_peek_%s' % id(self), binary=True, withhold=True)
+        cursor = self.conn.cursor(name='pgdts_peek_%x' % id(self), binary=True, withhold=True)
         started = time.monotonic()
         try:
             cursor.execute(self._peek_query(), (int_to_lsn(upto_lsn), limit))
         except psycopg.Error as exc:
+            if is_connection_problem(exc, self.conn):
+                raise
             try:
                 cursor.close()
             except psycopg.Error:
                 pass
             text = _pg_message(exc)
             if self.plugin == 'wal2json' and self.numeric_as_string and 'numeric-data-types-as-string' in text:
-                self.numeric_as_string = False
+                self.numeric_as_string = False    # an older wal2json: NULLs in numeric columns are refused instead
                 return self._open_window(upto_lsn, limit)
             raise DecodeError('cannot read replication slot "%s": %s' % (self.slot_name, text)) from None
         self.stats['peek_seconds'] += time.monotonic() - started
@@ -680,7 +747,7 @@ class SlotReader:
         self._window_limited = False
         self._window_exhausted = False
         self._window_end = flush if upto_lsn is None or upto_lsn > flush else upto_lsn
-        # A new decoding session re-sends Relation messages; parser state starts clean at a transaction boundary.
+        # A new decoding session starts at a transaction boundary and re-sends Relation messages.
         if self.plugin == 'pgoutput':
             old = self._parser
             self._parser = PgOutputParser()
@@ -688,70 +755,135 @@ class SlotReader:
                 self._parser.relations = old.relations
         else:
             self._parser = Wal2JsonParser(self.numeric_as_string, self.tables)
-        if self.plugin == 'pgoutput' and self.tables is not None:
-            self._wanted = set(self.tables)
-        else:
-            self._wanted = None
+        return None
 
-    def _next_row(self):
-        if self._row_index >= len(self._rows):
-            if self._cursor is None:
-                return None
-            self._rows = self._cursor.fetchmany(self.fetch_size)
-            self._row_index = 0
-            if not self._rows:
-                self._window_limited = self._window_rows >= self._window_limit
-                self._close_window()
-                return None
-            self._window_rows += len(self._rows)
-            self.stats['rows'] += len(self._rows)
-        row = self._rows[self._row_index]
-        self._row_index += 1
-        return row[0]
+    def _fetch(self):
+        """Fetch the next rows of the window; False (and the window closed) at its end."""
+        if self._cursor is None:
+            return False
+        self._rows = self._cursor.fetchmany(self.fetch_size)
+        self._row_index = 0
+        if not self._rows:
+            self._window_limited = self._window_rows >= self._window_limit
+            self._close_window()
+            return False
+        self._window_rows += len(self._rows)
+        self.stats['rows'] += len(self._rows)
+        return True
 
-    def read(self, upto_lsn=None, max_changes=10000):
-        """Return (transactions, done): whole transactions in commit order, stopping at the first transaction
-        boundary at or after `max_changes` changes (one transaction is never split). `done` is True when everything
-        committed before `upto_lsn` (or before the WAL end when None) has been returned."""
-        upto_lsn = lsn_to_int(upto_lsn)
-        if self._position is not None and (self.confirmed_lsn is None or self.confirmed_lsn < self._position):
-            self.reset()   # what we returned was not confirmed: hand it out again from the confirmed position
-        transactions = []
-        count = 0
+    def _fill(self, transactions, count, max_changes, skip_before):
+        """Decode from the open window until `max_changes` or the window's end. Returns the new count."""
+        feed = self._parser.feed
+        wanted = self._wanted
+        append = transactions.append
+        while count < max_changes:
+            rows = self._rows
+            index = self._row_index
+            if index >= len(rows):
+                if not self._fetch():
+                    break
+                continue
+            end = len(rows)
+            while index < end:
+                txn = feed(rows[index][0], skip_before)
+                index += 1
+                if txn is not None:
+                    if wanted is not None:
+                        txn.changes = [c for c in txn.changes if self._keep(c)]
+                    append(txn)
+                    skip_before = txn.commit_lsn + 1
+                    count += len(txn.changes)
+                    if count >= max_changes:
+                        break
+            self._row_index = index
+        return count
+
+    def _collect(self, transactions, count, max_changes, skip_before, upto_lsn, prefetching=False):
+        """Decode into `transactions` until `max_changes`, opening windows as needed. Returns the new count."""
+        with gc_paused():
+            return self._collect_paused(transactions, count, max_changes, skip_before, upto_lsn, prefetching)
+
+    def _collect_paused(self, transactions, count, max_changes, skip_before, upto_lsn, prefetching):
         opened_here = False
-        skip_before = self.confirmed_lsn
-        if self._position is not None:
-            skip_before = max(skip_before or 0, self._position + 1)
         grow = 1
-        while True:
+        while count < max_changes:
             if self._window_exhausted:
-                if opened_here and not self._window_limited:
-                    break    # a whole window was read in this call: caught up with what the peek could see
-                if transactions:
+                if self._window_end is not None and not self._window_limited and (opened_here or prefetching):
+                    break    # caught up with what the last peek could see
+                if transactions and not prefetching:
                     break    # the next window starts from the confirmed position: let the caller confirm first
+                if (not prefetching and not opened_here and upto_lsn is not None and self._window_end is not None
+                        and not self._window_limited and self._window_end >= upto_lsn):
+                    break    # the last window already covered upto_lsn and everything in it was handed out
                 if opened_here:
                     grow *= 2    # a window full of already returned rows (one huge transaction): look further
                 self.flush()     # a new peek starts where the server slot is: move it to the confirmed position
                 self._open_window(upto_lsn, self.window_changes * grow)
                 opened_here = True
-            data = self._next_row()
-            if data is None:
                 continue
-            txn = self._parser.feed(data, skip_before)
-            if txn is None:
-                continue
-            if self._wanted is not None:
-                txn.changes = [c for c in txn.changes if self._keep(c)]
-            transactions.append(txn)
-            self._position = txn.commit_lsn
-            skip_before = txn.commit_lsn + 1
-            count += len(txn.changes)
-            if count >= max_changes:
-                break
-        done = self._window_exhausted and not self._window_limited and (
+            count = self._fill(transactions, count, max_changes, skip_before)
+            if transactions:
+                skip_before = transactions[-1].commit_lsn + 1
+        return count
+
+    # -- prefetch
+    def _start_prefetch(self, max_changes):
+        if not self.prefetch or self._position is None or (self._window_exhausted and not self._window_limited):
+            return
+        skip_before = self._position + 1
+        base = self._position
+
+        def run():
+            try:
+                transactions = []
+                count = self._collect(transactions, 0, max_changes, skip_before, None, prefetching=True)
+                self._prefetched = (transactions, count, base)
+            except BaseException as exc:  # pylint: disable=broad-except
+                # handed to the caller of the next read()
+                self._prefetch_error = exc
+
+        self._thread = threading.Thread(target=run, name='pgdts-decode-prefetch', daemon=True)
+        self._thread.start()
+
+    def _join_prefetch(self):
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        prefetched, error = self._prefetched, self._prefetch_error
+        self._prefetched = self._prefetch_error = None
+        return prefetched, error
+
+    # -- the API
+    def read(self, upto_lsn=None, max_changes=10000):
+        """Return (transactions, done): whole transactions in commit order, stopping at the first transaction
+        boundary at or after `max_changes` changes (one transaction is never split). `done` is True when everything
+        committed before `upto_lsn` (or before the WAL end when None) has been returned; transactions committed
+        after `upto_lsn` may be returned too."""
+        upto_lsn = lsn_to_int(upto_lsn)
+        prefetched, error = self._join_prefetch()
+        if self._position is not None and (self.confirmed_lsn is None or self.confirmed_lsn < self._position):
+            self.reset()   # what we returned was not confirmed: hand it out again from the confirmed position
+            prefetched = error = None
+        if error is not None:
+            self.reset()
+            raise error
+        transactions, count = ([], 0) if prefetched is None else (prefetched[0], prefetched[1])
+        if prefetched is not None:
+            self.stats['prefetched_batches'] += 1
+        skip_before = self.confirmed_lsn
+        if self._position is not None:
+            skip_before = max(skip_before or 0, self._position + 1)
+        if transactions:
+            skip_before = transactions[-1].commit_lsn + 1
+        count = self._collect(transactions, count, max_changes, skip_before, upto_lsn)
+        if transactions:
+            self._position = transactions[-1].commit_lsn
+        done = self._window_exhausted and not self._window_limited and self._window_end is not None and (
             upto_lsn is None or self._window_end >= upto_lsn)
         if done:
             self.end_lsn = self._window_end
+        else:
+            self._start_prefetch(max_changes)
         return transactions, done
 
     def _keep(self, change):
@@ -774,11 +906,12 @@ class SlotReader:
 
     def flush(self):
         """Advance the server slot to the confirmed position now."""
-        target = self.confirmed_lsn
-        if target is None or (self.slot_confirmed_lsn is not None and target <= self.slot_confirmed_lsn):
-            return
-        with self.conn.cursor() as cur:
-            cur.execute('SELECT pg_catalog.pg_replication_slot_advance(%s, %s::pg_lsn)', (self.slot_name,
-                                                                                           int_to_lsn(target)))
-        self.slot_confirmed_lsn = target
-        self._last_advance = time.monotonic()
+        with self._advance_lock:      # the prefetch thread advances too, before it opens a window
+            target = self.confirmed_lsn
+            if target is None or (self.slot_confirmed_lsn is not None and target <= self.slot_confirmed_lsn):
+                return
+            with self.conn.cursor() as cur:
+                cur.execute('SELECT pg_catalog.pg_replication_slot_advance(%s, %s::pg_lsn)',
+                            (self.slot_name, int_to_lsn(target)))
+            self.slot_confirmed_lsn = target
+            self._last_advance = time.monotonic()

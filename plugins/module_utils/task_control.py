@@ -33,24 +33,43 @@ def _role_failure(role, exc):
 
 class TaskControl:
     def __init__(self, params, source, destination, check_mode=False):
+        # An invalid name is reported by the first action (ensure, cancel, finish), which modules call inside their
+        # error handling, so that it becomes a clean failure and not an exception.
+        self.name_error = None
         try:
             self.name = task_state.validate_task_name(params['name'])
         except task_state.TaskNameError as exc:
-            raise TaskControlError(str(exc))
+            self.name_error = str(exc)
+            self.name = 'invalid'
         self.params = params
         self.source = source
         self.destination = destination
         self.check_mode = check_mode
         self.paths = worker.TaskPaths(params.get('worker_dir') or '~/.pgdts', self.name)
 
+    def check_name(self):
+        if self.name_error:
+            raise TaskControlError(self.name_error)
+
     # -- helpers -------------------------------------------------------------------------------------------------
     def open_store(self, create):
+        import psycopg
         store = TaskStore(self.destination, 'pgdts-module')
         try:
             if not store.open(create=create):
                 return None
+            if store.has_tables():
+                store.conn.execute('SELECT 1 FROM pgdts.task LIMIT 0')
         except ConnectionFailure as exc:
+            store.close()
             raise _role_failure('destination', exc)
+        except psycopg.Error as exc:
+            store.close()
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise TaskControlError('destination: user "%s" cannot use the task state (database %s, schema %s): %s; '
+                                   'connect as the role that runs the migrations, or a superuser' % (
+                                       self.destination.user, task_state.STATE_DATABASE, task_state.STATE_SCHEMA,
+                                       detail), failure='state_access')
         return store
 
     def source_lsn(self):
@@ -120,6 +139,7 @@ class TaskControl:
 
     # -- present -------------------------------------------------------------------------------------------------
     def ensure(self):
+        self.check_name()
         start_at = self.start_at()
         if self.params.get('jobs') is not None and self.params['jobs'] < 1:
             raise TaskControlError('jobs must be at least 1')
@@ -133,6 +153,10 @@ class TaskControl:
             if pid:
                 return self.result(store, False, 'reported', 'task %s is running (worker pid %s)' % (self.name, pid))
             before = task['stage']
+            if before == 'failed' and (task['error'] or {}).get('type') == 'SlotInvalidated':
+                # the changes since the last sync are gone from the source: a resume would silently lose them
+                raise TaskControlError('task %s cannot be resumed: %s' % (self.name, task['error'].get('message')),
+                                       task=self.report(store))
             if self.check_mode:
                 return self.result(store, True, 'resumed', 'task %s would be resumed' % self.name)
             if store.get_task(self.name)['stage'] == 'failed':
@@ -206,6 +230,7 @@ class TaskControl:
 
     # -- absent --------------------------------------------------------------------------------------------------
     def cancel(self):
+        self.check_name()
         store = self.open_store(create=False)
         task = store.get_task(self.name) if store else None
         if task is None:
@@ -289,6 +314,7 @@ class Finisher:
 
     def wait_applied(self, store, target, timeout):
         deadline = time.time() + timeout
+        respawned = 0.0
         while True:
             rows = store.databases(self.name)
             task = store.get_task(self.name)
@@ -297,6 +323,11 @@ class Finisher:
                     self.name, (task['error'] or {}).get('message')), task=self.control.report(store))
             if all(lsn_int(r['synced_lsn']) is not None and lsn_int(r['synced_lsn']) >= target for r in rows):
                 return
+            if time.time() - respawned >= 5 and not worker.worker_pid(self.control.paths):
+                # the worker died while we wait for it (killed, host trouble): start it again, it resumes the sync
+                self.log(store, 'finish: the worker is gone; starting it again to catch up')
+                respawned = time.time()
+                self.control.spawn(store)
             if time.time() >= deadline:
                 raise TaskControlError('timed out after %d s waiting for the destination to apply everything up to %s'
                                        % (timeout, task_state.lsn_text(target)), task=self.control.report(store))
@@ -316,6 +347,7 @@ class Finisher:
 
     def run(self):
         control = self.control
+        control.check_name()
         store = control.open_store(create=False)
         task = store.get_task(self.name) if store else None
         if task is None:
@@ -337,17 +369,27 @@ class Finisher:
         databases = [d['dbname'] for d in store.databases(self.name)]
         fence = self.params.get('fence', 'read_only')
         started = time.time()
+        phases = {}
+        mark = [started]
+
+        def phase(label):
+            now = time.time()
+            phases[label] = round(now - mark[0], 3)
+            mark[0] = now
+
         terminated = 0
         try:
             if fence == 'read_only':
                 target, terminated = self.fence(databases)
             else:
                 target = control.source_lsn()
+            phase('fence')
             store.set_stage(self.name, 'finishing')
             store.set_request(self.name, 'finish', target)
             self.log(store, 'finish: %s, waiting for the destination to apply up to %s' % (
                 'source fenced read-only' if fence == 'read_only' else 'no fence', task_state.lsn_text(target)))
             self.wait_applied(store, target, int(self.params.get('wait_timeout') or 600))
+            phase('catch_up')
             sequences = []
             if self.params.get('sync_sequences', True):
                 from ansible_collections.pgdts.migration.plugins.module_utils import schema
@@ -356,9 +398,11 @@ class Finisher:
                     for item in schema.sync_sequences(control.source, control.destination, dbname, schemas):
                         item['database'] = dbname
                         sequences.append(item)
+            phase('sequences')
             comparison, summary = ([], None)
             if self.params.get('compare', 'checksum') != 'none':
                 comparison, summary = self.compare(store, databases)
+            phase('compare')
             if summary and (summary.get('mismatch') or summary.get('error')):
                 message = 'data comparison found %d mismatched and %d failed table(s): %s' % (
                     summary.get('mismatch', 0), summary.get('error', 0),
@@ -381,13 +425,15 @@ class Finisher:
             raise
         store.set_request(self.name, 'stop')
         worker.stop_worker(control.paths, timeout=60)
+        phase('stop_worker')
         worker.release_task_objects(control.source, control.destination, self.name, databases)
         if not self.params.get('keep_source_fence', True):
             self.lift_fence()
+        phase('cleanup')
         downtime = round(time.time() - started, 3) if fence == 'read_only' else None
         finish = {'final_lsn': task_state.lsn_text(target), 'sequences': sequences, 'comparison': comparison,
                   'comparison_summary': summary, 'downtime_seconds': downtime, 'terminated_sessions': terminated,
-                  'source_fenced': bool(self.fenced)}
+                  'source_fenced': bool(self.fenced), 'phase_seconds': phases}
         store.finish_task(self.name, 'finished', {'finish': finish})
         store.add_log(self.name, 'finished: sync ended, slots, publications and origins dropped')
         worker.remove_task_dir(control.paths)

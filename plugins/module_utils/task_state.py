@@ -108,6 +108,10 @@ _STATE_DDL = (
 )
 
 
+# advisory lock key held while the state tables are created ('pgdts' as an integer)
+_STATE_DDL_LOCK = 0x7067647473
+
+
 def lsn_text(value):
     """int -> 'X/Y' (None stays None)."""
     if value is None:
@@ -139,16 +143,23 @@ class TaskStore:
     def open(self, create=True):
         """Connect to the state database, creating it and its tables when `create`; returns False when absent."""
         if create:
+            import psycopg
             with connect(self.destination, application_name=self.application_name) as admin:
                 if not query_one(admin, 'SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s', (STATE_DATABASE,)):
-                    admin.execute(sql.SQL('CREATE DATABASE {}').format(sql.Identifier(STATE_DATABASE)))
+                    try:
+                        admin.execute(sql.SQL('CREATE DATABASE {}').format(sql.Identifier(STATE_DATABASE)))
+                    except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+                        pass     # a parallel run created it a moment ago
         elif not self.exists(self.destination):
             return False
         self.conn = connect(self.destination, STATE_DATABASE, application_name=self.application_name,
                             options=WRITER_OPTIONS)
         if create:
-            for ddl in _STATE_DDL:
-                self.conn.execute(ddl)
+            # parallel runs may create the tables at the same moment: IF NOT EXISTS alone is not safe against that
+            with self.conn.transaction():
+                self.conn.execute('SELECT pg_catalog.pg_advisory_xact_lock(%s)', (_STATE_DDL_LOCK,))
+                for ddl in _STATE_DDL:
+                    self.conn.execute(ddl)
         return True
 
     def close(self):

@@ -16,6 +16,7 @@ import fcntl
 import importlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -34,7 +35,7 @@ PACKAGE = 'ansible_collections.pgdts.migration.plugins.module_utils'
 ENGINE_MODULES = ('connection', 'catalog', 'checks', 'schema', 'copy', 'decoding', 'apply', 'task_state', 'worker',
                   'compare')
 HEARTBEAT_SECONDS = 5
-WATCH_SECONDS = 1.0
+WATCH_SECONDS = 0.25
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -54,8 +55,8 @@ class TaskPaths:
 
 
 def _write_private(path, text):
-    """Write a file only its owner can read, atomically."""
-    tmp = path + '.tmp'
+    """Write a file only its owner can read, atomically (parallel runs each use their own temporary file)."""
+    tmp = '%s.%d.tmp' % (path, os.getpid())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, 'w') as handle:
         handle.write(text)
@@ -74,8 +75,12 @@ def prepare_task_dir(paths, spec, source, destination):
     for name in ENGINE_MODULES:
         module = importlib.import_module('%s.%s' % (PACKAGE, name))
         source_text = module.__loader__.get_source(module.__name__)
-        with open(os.path.join(target, name + '.py'), 'w') as handle:
+        # atomically: a worker of a parallel run may be importing these files right now
+        path = os.path.join(target, name + '.py')
+        tmp = '%s.%d.tmp' % (path, os.getpid())
+        with open(tmp, 'w') as handle:
             handle.write(source_text)
+        os.replace(tmp, path)
     _write_private(paths.spec, json.dumps(spec, indent=2, sort_keys=True, default=str))
     _write_private(paths.credentials, json.dumps({'source': source.to_dict(), 'destination': destination.to_dict()}))
 
@@ -208,6 +213,61 @@ def release_task_objects(source, destination, task, databases, drop_destination=
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Outages: a server that went away for a moment (restart, failover, network) is waited for, within retry_timeout
+
+# SQLSTATEs of a lost or refused connection: connection exceptions, admin/crash shutdown, cannot connect now, too many
+# connections.
+_LOST_SQLSTATES = ('57P01', '57P02', '57P03', '53300')
+_LOST_KINDS = ('unreachable', 'timeout', 'starting_up', 'too_many_connections', 'error')
+# The same, as libpq and the client programs (pg_dump, pg_restore, psql) word it in the errors other layers wrap.
+_LOST_TEXT = re.compile(r'terminating connection due to|server closed the connection|connection is (lost|closed)|'
+                        r'Connection refused|could not connect to server|connection to server .* failed|'
+                        r'the database system is (starting up|shutting down|in recovery mode)|'
+                        r'could not (receive|send) data (from|to) (server|client)|SSL SYSCALL error|'
+                        r'no connection to the server|consuming input failed|Connection reset by peer|'
+                        r'connection timed out|canceling statement due to conflict with recovery', re.I)
+
+
+class OutageTimeout(RuntimeError):
+    """A server stayed unreachable for longer than retry_timeout."""
+
+
+class SlotInvalidated(RuntimeError):
+    """The task's replication slot is gone or was invalidated: the changes since the last sync cannot be read again,
+    so the task cannot continue (resuming would lose data). The message says what to do."""
+
+
+def connection_lost(exc):
+    """True when `exc` (or an error it was raised from) means a server went away, not that the data or the
+    configuration is wrong. Decoding, apply, copy and schema errors wrap the psycopg or client-program error."""
+    import psycopg
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OutageTimeout):
+            return False
+        if isinstance(exc, ConnectionFailure):
+            return exc.kind in _LOST_KINDS
+        if isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror)):
+            return True
+        if isinstance(exc, psycopg.Error):
+            sqlstate = getattr(exc, 'sqlstate', None) or ''
+            if isinstance(exc, psycopg.OperationalError) and not sqlstate:
+                return True
+            if sqlstate.startswith('08') or sqlstate in _LOST_SQLSTATES:
+                return True
+        if _LOST_TEXT.search(str(exc)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def first_line(exc):
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The worker process
 
 class Cancelled(Exception):
@@ -259,7 +319,8 @@ class TaskRunner:
                 else:
                     self.request = task['request']
                     self.request_lsn = lsn_int(task['request_lsn'])
-                if self.request in ('cancel', 'stop'):
+                if self.request in ('cancel', 'stop') and not self.stop_event.is_set():
+                    self.log('%s requested' % self.request)
                     self.stop_event.set()
                 now = time.time()
                 if now - beat >= HEARTBEAT_SECONDS:
@@ -298,40 +359,76 @@ class TaskRunner:
             if stage == 'scheduled':
                 self.wait_for_start()
                 stage = 'schema'
-                self.store.set_stage(self.name, stage)
-            self.store.set_started(self.name)
+                self.retrying(self.store.set_stage, self.name, stage)
+            self.retrying(self.store.set_started, self.name)
             if stage in ('schema', 'copy'):
-                self.initial_load()
+                self.retrying(self.initial_load)
                 stage = 'index'
-                self.store.set_stage(self.name, stage)
+                self.retrying(self.store.set_stage, self.name, stage)
             if stage == 'index':
-                self.build_indexes()
+                self.retrying(self.build_indexes)
                 if self.spec.get('incremental', True):
                     stage = 'sync'
-                    self.store.set_stage(self.name, stage)
+                    self.retrying(self.store.set_stage, self.name, stage)
                 else:
-                    self.end_without_sync()
+                    self.retrying(self.end_without_sync)
                     return 0
             if stage in ('sync', 'finishing'):
-                self.sync()
+                self.retrying(self.sync)
         except Cancelled:
             self.event('cancel requested: worker stopped')
         except Stopped:
             self.event('stop requested: worker stopped')
         except Exception as exc:  # pylint: disable=broad-except
-            current = self.store.get_task(self.name) or {}
-            error = error_record(exc, current.get('stage') or stage)
-            self.log('FAILED: %s\n%s' % (error['message'], traceback.format_exc()))
-            try:
-                self.store.set_stage(self.name, 'failed', error=error)
-                self.store.add_log(self.name, 'failed: %s' % error['message'])
-            except Exception:  # pylint: disable=broad-except
-                self.log('could not record the failure in the state database')
+            self.log('FAILED: %s\n%s' % (first_line(exc), traceback.format_exc()))
+            for attempt in range(3):
+                try:
+                    self.reopen_store(force=attempt > 0)   # its connection may have died with the destination
+                    current = self.store.get_task(self.name) or {}
+                    error = error_record(exc, current.get('stage') or stage)
+                    self.store.set_stage(self.name, 'failed', error=error)
+                    self.store.add_log(self.name, 'failed: %s' % error['message'])
+                    break
+                except Exception as record_exc:  # pylint: disable=broad-except
+                    self.log('could not record the failure in the state database: %s' % first_line(record_exc))
+                    time.sleep(1.0)
             return 1
         finally:
             self.stop_event.set()
             self.store.close()
         return 0
+
+    def reopen_store(self, force=False):
+        """Connect the state store again when its connection was lost (the destination restarted)."""
+        if force or self.store.conn is None or self.store.conn.closed:
+            self.store.close()
+            self.store.open(create=False)
+
+    def retrying(self, step, *args):
+        """Run one step; when a server went away (restart, failover, network) wait and run it again, for up to
+        retry_timeout seconds of consecutive failures. Every step resumes where an interrupted attempt stopped (copied
+        tables are kept, schema and index steps restart cleanly), exactly as after a worker restart."""
+        limit = float(self.spec.get('retry_timeout') or 600)
+        failing_since = None
+        while True:
+            self.check_stop()
+            attempt = time.time()
+            try:
+                self.reopen_store()
+                return step(*args)
+            except (Cancelled, Stopped):
+                raise
+            except Exception as exc:  # pylint: disable=broad-except
+                if not connection_lost(exc):
+                    raise
+                if failing_since is None or time.time() - attempt > 60:
+                    failing_since = attempt      # a new outage (the last attempt ran a while)
+                waited = time.time() - failing_since
+                if waited > limit:
+                    raise OutageTimeout('gave up after %d s of connection failures (retry_timeout %d s): %s'
+                                        % (waited, limit, first_line(exc)))
+                self.log('%s: connection problem (%s); retrying' % (getattr(step, '__name__', 'step'), first_line(exc)))
+                self.stop_event.wait(min(10.0, 0.5 + waited / 4))
 
     def wait_for_start(self):
         start_at = parse_time(self.spec.get('start_at'))
@@ -525,7 +622,7 @@ class TaskRunner:
         try:
             SyncLoop(self, dbname).run()
         except (Cancelled, Stopped):
-            pass
+            self.log('database "%s": sync stopped' % dbname)
         except Exception as exc:  # pylint: disable=broad-except
             errors.append(exc)
             self.stop_event.set()
@@ -558,29 +655,50 @@ class SyncLoop:
         failing_since = None
         while True:
             self.runner.check_stop()
+            attempt = time.time()
             try:
                 self.session()
                 return
             except (Cancelled, Stopped):
                 raise
-            except (ConnectionFailure, OSError) as exc:
-                failing_since = failing_since or time.time()
-                self._outage(exc, failing_since)
             except Exception as exc:  # pylint: disable=broad-except
-                import psycopg
-                if isinstance(exc, psycopg.OperationalError) and not getattr(exc, 'sqlstate', None) or \
-                        isinstance(exc, (psycopg.errors.AdminShutdown, psycopg.errors.CannotConnectNow)):
-                    failing_since = failing_since or time.time()
-                    self._outage(exc, failing_since)
-                else:
+                if not connection_lost(exc):
+                    self.check_slot(exc)
                     raise
+                if failing_since is None or time.time() - attempt > 60:
+                    failing_since = attempt      # a new outage (the last session ran a while)
+                self._outage(exc, failing_since)
+
+    def check_slot(self, exc):
+        """After a sync error: raise SlotInvalidated (from exc) when the task's slot was dropped or invalidated."""
+        try:
+            with connect(self.runner.source, self.dbname, application_name='pgdts-worker') as conn:
+                row = conn.execute('SELECT wal_status, restart_lsn::text, confirmed_flush_lsn::text FROM '
+                                   'pg_catalog.pg_replication_slots WHERE slot_name = %s', (self.name,)).fetchone()
+                keep = query_value(conn, "SELECT pg_catalog.current_setting('max_slot_wal_keep_size', true)")
+        except Exception:  # pylint: disable=broad-except
+            return       # cannot tell: the original error stands
+        todo = ('The task cannot continue: cancel it (pg_dts_migrate state=absent with drop_destination=true) and '
+                'start it again')
+        if row is None:
+            raise SlotInvalidated('replication slot "%s" of database "%s" no longer exists on the source (it was '
+                                  'dropped outside pgdts), so the changes since the last sync cannot be read. %s.'
+                                  % (self.name, self.dbname, todo)) from exc
+        if row[0] == 'lost':
+            raise SlotInvalidated(
+                'replication slot "%s" of database "%s" was invalidated by the source: it held back more WAL than '
+                'max_slot_wal_keep_size (%s) allows, and the source removed the WAL the destination still needed '
+                '(slot confirmed up to %s). The changes since then are lost for this task. %s; raise '
+                'max_slot_wal_keep_size on the source (-1 keeps all the WAL a slot needs) or keep the destination '
+                'reachable so that the slot is not invalidated again.' % (self.name, self.dbname, keep, row[2], todo)) \
+                from exc
 
     def _outage(self, exc, failing_since):
         waited = time.time() - failing_since
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        message = first_line(exc)
         if waited > self.max_retry_seconds:
-            raise RuntimeError('database "%s": gave up after %d s of connection failures: %s'
-                               % (self.dbname, waited, message))
+            raise OutageTimeout('database "%s": gave up after %d s of connection failures (retry_timeout %d s): %s'
+                                % (self.dbname, waited, self.max_retry_seconds, message))
         self.runner.log('database "%s": connection problem (%s); retrying' % (self.dbname, message))
         self.runner.stop_event.wait(min(10.0, 0.5 + waited / 4))
 
@@ -624,6 +742,10 @@ class SyncLoop:
                     confirmed = max(t.end_lsn or t.commit_lsn for t in transactions)
                 else:
                     confirmed = None
+                if result is not None and result['transactions']:
+                    # The apply session commits asynchronously: flush the destination's WAL up to the origin
+                    # position before the source slot may move past what it applied (else a destination crash loses it).
+                    applier.applied_lsn()
                 if confirmed is not None:
                     reader.confirm(confirmed)
                 now = time.time()
@@ -686,6 +808,10 @@ def main(argv=None):
     source = ServerSpec.from_dict(credentials['source'])
     destination = ServerSpec.from_dict(credentials['destination'])
     runner = TaskRunner(paths, spec, source, destination)
+    # `kill -USR1 <pid>` writes every thread's stack to the log: what is the worker doing right now?
+    import faulthandler
+    import signal
+    faulthandler.register(signal.SIGUSR1, file=runner.log_handle, all_threads=True)
     runner.log('worker started for task %s' % spec['name'])
     code = runner.run()
     runner.log('worker exiting with code %d' % code)
