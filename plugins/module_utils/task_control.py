@@ -424,7 +424,8 @@ class Finisher:
             store.set_stage(self.name, 'sync')
             raise
         store.set_request(self.name, 'stop')
-        worker.stop_worker(control.paths, timeout=60)
+        # Everything up to the fence is applied and compared: a worker that is slow to notice is terminated.
+        worker.stop_worker(control.paths, timeout=30, grace=1.0)
         phase('stop_worker')
         worker.release_task_objects(control.source, control.destination, self.name, databases)
         if not self.params.get('keep_source_fence', True):

@@ -152,18 +152,29 @@ def tail(path, lines=5):
         return ''
 
 
-def stop_worker(paths, timeout=60):
-    """Wait for a worker that was asked to stop (through its request) to let go of its lock; kill it at the end."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+def stop_worker(paths, timeout=60, grace=None):
+    """Wait for a worker that was asked to stop (through its request) to let go of its lock.
+
+    With `grace`, a worker still running after that many seconds is sent SIGTERM (used once its work is known to be
+    done, e.g. after a verified cutover: nothing it could still do matters). SIGKILL when `timeout` passes."""
+    import signal
+    started = time.time()
+    termed = False
+    while time.time() - started < timeout:
         pid = worker_pid(paths)
         if not pid:
             return True
-        time.sleep(0.2)
+        if grace is not None and not termed and time.time() - started >= grace and pid > 0:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+            termed = True
+        time.sleep(0.05)
     pid = worker_pid(paths)
     if pid and pid > 0:
         try:
-            os.kill(pid, 9)
+            os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
         time.sleep(0.5)
