@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -113,9 +114,75 @@ def dump_schema(source, dbname, snapshot, selection_args, out_path, keep_owners=
     _run(argv, source.libpq_env(dbname, 'pgdts-schema'), 'pg_dump of "%s"' % dbname)
 
 
+_SCHEMA_ENTRY = re.compile(r'^\d+; \d+ \d+ SCHEMA - ')
+_CREATE_SCHEMA = re.compile(r'CREATE SCHEMA ("(?:[^"]|"")+"|[^\s;]+);')
+
+
+def _unquote(name):
+    return name[1:-1].replace('""', '"') if name.startswith('"') else name
+
+
+def schema_entries(dump_path, bindir=None):
+    """[(TOC line, schema name)] of the CREATE SCHEMA entries of a custom-format dump.
+
+    The TOC listing shows names unquoted (ambiguous with spaces), so each entry's statement is asked for, where the
+    name is quoted exactly."""
+    pg_restore = client_program('pg_restore', bindir)
+    listing = _run([pg_restore, '--list', dump_path], {}, 'pg_restore --list').stdout.decode('utf-8', 'replace')
+    entries = []
+    for line in listing.splitlines():
+        if not _SCHEMA_ENTRY.match(line):
+            continue
+        fd, list_path = tempfile.mkstemp(suffix='.list', dir=os.path.dirname(os.path.abspath(dump_path)))
+        try:
+            with os.fdopen(fd, 'w') as handle:
+                handle.write(line + '\n')
+            text = _run([pg_restore, '--use-list', list_path, '--file', '-', dump_path], {},
+                        'pg_restore of a schema entry').stdout.decode('utf-8', 'replace')
+        finally:
+            os.unlink(list_path)
+        found = _CREATE_SCHEMA.search(text)
+        if found:
+            entries.append((line, _unquote(found.group(1))))
+    return entries
+
+
+def _skip_existing_schemas(destination, dbname, dump_path, bindir=None):
+    """A TOC list without the CREATE SCHEMA entries of schemas the destination database already has (`public` of a
+    new database, when the dump selects tables by schema), or None when nothing needs skipping."""
+    entries = schema_entries(dump_path, bindir)
+    if not entries:
+        return None
+    with connect(destination, dbname, application_name='pgdts-schema') as conn:
+        existing = {r[0] for r in query_all(conn, 'SELECT nspname FROM pg_catalog.pg_namespace')}
+    skip = {line for line, name in entries if name in existing}
+    if not skip:
+        return None
+    listing = _run([client_program('pg_restore', bindir), '--list', dump_path], {},
+                   'pg_restore --list').stdout.decode('utf-8', 'replace')
+    fd, list_path = tempfile.mkstemp(suffix='.list', dir=os.path.dirname(os.path.abspath(dump_path)))
+    with os.fdopen(fd, 'w') as handle:
+        for line in listing.splitlines():
+            handle.write((';' + line if line in skip else line) + '\n')
+    return list_path
+
+
 def restore_section(destination, dbname, dump_path, section, jobs=1, clean=False, keep_owners=False, bindir=None):
-    """pg_restore one section of the dump into the destination database."""
+    """pg_restore one section of the dump into the destination database.
+
+    pre-data leaves out CREATE SCHEMA of schemas that already exist there (pg_dump --schema=public emits one)."""
+    list_path = _skip_existing_schemas(destination, dbname, dump_path, bindir) if section == 'pre-data' else None
+    try:
+        _restore_section(destination, dbname, dump_path, section, jobs, clean, keep_owners, bindir, list_path)
+    finally:
+        if list_path:
+            os.unlink(list_path)
+
+
+def _restore_section(destination, dbname, dump_path, section, jobs, clean, keep_owners, bindir, list_path):
     argv = [client_program('pg_restore', bindir), '--section', section, '--dbname', dbname, '--exit-on-error']
+    if list_path:
+        argv += ['--use-list', list_path]
     if jobs and jobs > 1 and section == 'post-data':
         argv += ['--jobs', str(jobs)]
     if clean:
