@@ -42,6 +42,9 @@ molecule: setup
 reliability: setup
 	$(PY) -m pytest tests/integration tests/reliability $(PYTEST_ARGS)
 
+bench: setup
+	$(PY) benchmarks/bench.py
+
 demo: setup
 	@bash scripts/demo.sh
 
