@@ -681,6 +681,18 @@ def findings(out):
                 share = 100.0 * fixed / ours['median']
                 items.append('%s: fixed costs no peer pays (pre-migration checks, worker start, slot with exported '
                              'snapshot, clean-up) are %.2f s (%.0f %%).' % (label, fixed, share))
+    if copy:
+        rates = {}
+        for key in ('pgbench', 'many_tables'):
+            seconds = copy[key]['summary'][copy_bench.OURS]['breakdown'].get('copy')
+            if seconds:
+                rates[key] = copy[key]['size_bytes'] / 1e6 / seconds
+        if len(rates) == 2 and rates['many_tables'] < 0.6 * rates['pgbench']:
+            items.append('many-tables copy: the COPY phase moves %.0f MB/s against %.0f MB/s for the pgbench tables: '
+                         'per-table costs dominate. Every table is its own destination transaction (TRUNCATE, COPY, '
+                         'commit) and two autocommit updates of the task\'s state rows; grouping small tables into one '
+                         'transaction per job and batching the state updates would cut them.' % (
+                             rates['many_tables'], rates['pgbench']))
     scaling = out.get('scaling')
     if scaling and scaling['jobs']:
         best = min(scaling['jobs'], key=lambda i: i['median'])
@@ -725,13 +737,13 @@ def findings(out):
         if 'stop_worker' in module:
             phases['stop_worker_and_release'] = module['stop_worker'] + module.get('cleanup', 0.0)
         if phases['stop_worker_and_release'] > 0.3 * cutover['downtime_seconds']:
-            items.append('cutover: %.2f s of the %.2f s downtime is stopping the worker and dropping its objects, '
-                         'after the destination was complete and compared. The worker reads its request every %s s '
-                         '(WATCH_SECONDS) and stops only between reads of the slot, so a running peek (the next '
-                         'window, decoded in the background) is waited for. Telling the worker at once and '
-                         'cancelling that read would take this out of the downtime.' % (
-                             phases['stop_worker_and_release'], cutover['downtime_seconds'],
-                             engine_value(out, 'watch_seconds')))
+            items.append('cutover: %.2f s of the %.2f s downtime is stopping the worker (asked through its request, '
+                         'terminated when it has not stopped within a grace period) and dropping its objects, after '
+                         'the destination was complete and compared. The worker stops only between reads of the '
+                         'slot, so a running peek (the next window, decoded in the background) holds it; cancelling '
+                         'that read on a stop request, or dropping the objects without waiting for the worker, would '
+                         'take this out of the downtime.' % (phases['stop_worker_and_release'],
+                                                             cutover['downtime_seconds']))
     if not items:
         return []
     return ['## Where pgdts loses time in this run', ''] + ['- ' + item for item in items] + ['']
