@@ -79,6 +79,7 @@ def section_copy(servers, cfg, out):
     main_db = databases[cfg['scale']]
     say('data: %d tables with indexes on the source' % cfg['tables'])
     many_size = common.many_tables_init(servers.src, 'many_tables', cfg['tables'], cfg['rows_per_table'])
+    common.checkpoint(servers.src, servers.dst)
     pgbench_runs = bench.compare(main_db, cfg['runs'])
     many_runs = bench.compare('many_tables', cfg['runs'])
     out['copy'] = {
@@ -127,7 +128,7 @@ def section_sync_engine(_servers, cfg, out):
     """benchmarks/sync_bench.py as it is (the sync developer's benchmark of the decode/apply loop without the worker,
     and of a native subscription on the same backlog), on its own two clusters."""
     argv = [sys.executable, os.path.join(HERE, 'sync_bench.py'), '--transactions', str(cfg['transactions']),
-            '--scale', str(cfg['sync_scale']), '--native']
+            '--scale', str(cfg['sync_scale']), '--native', '--stream']
     say('sync_engine: %s' % ' '.join(os.path.basename(a) for a in argv[1:]))
     try:
         proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800,
@@ -434,9 +435,10 @@ def method_section(out):
             '- **pgdts full copy** is what `pg_dts_migrate` does with `incremental: false`, driven through the engine '
             'the module calls (`task_control.TaskControl.ensure()`: the pre-migration checks, the task row, the real '
             'detached worker), timed from that call until the task is `finished`: checks, slot with exported '
-            'snapshot, schema (pg_dump/pg_restore pre-data), parallel COPY with `jobs: %d`, post-data (indexes and '
-            'constraints with pg_restore --jobs), sequences, ANALYZE, clean-up. The destination database is created '
-            'by the task.' % cfg['jobs'],
+            'snapshot, schema (pg_dump/pg_restore pre-data), parallel COPY with `jobs: %d` during which each table\'s '
+            'indexes and key constraints are built and the table is analyzed as soon as its data is in, then the '
+            'rest of the post-data (foreign keys, triggers, ...), sequences, ANALYZE of what is left, clean-up. The '
+            'destination database is created by the task.' % cfg['jobs'],
             '- **pg_dump | psql**: `createdb`, then `pg_dump -d SRC | psql -X -v ON_ERROR_STOP=1 -d DST`.',
             '- **pg_dump -Fd -j2 + pg_restore -j2**: `createdb`, `pg_dump -Fd -j 2` to a local directory, '
             '`pg_restore -j 2 --exit-on-error`; the time covers both.',
@@ -542,16 +544,18 @@ def detail_sections(out):
     engine = out.get('sync_engine')
     if engine:
         lines += ['### The decode/apply loop alone', '',
-                  '`benchmarks/sync_bench.py --transactions %d --scale %d --native` (the sync developer\'s benchmark, '
-                  'run as it is on its own two clusters): `decoding.SlotReader` and `apply.Applier` in one process '
-                  'without the worker around them, and a native subscription on the same backlog. Its last lines:'
+                  '`benchmarks/sync_bench.py --transactions %d --scale %d --native --stream` (the sync developer\'s '
+                  'benchmark, run as it is on its own two clusters): `decoding.StreamReader` and `apply.Applier` in one '
+                  'process without the worker around them, and a native subscription on the same backlog. Its last '
+                  'lines:'
                   % (out['config']['transactions'], out['config']['sync_scale']), '', '```']
         lines += engine['lines'] + ['```', '']
         if engine.get('pgdts') and sync and sync.get('catch_up'):
             lines += ['The worker caught up the %d-transaction backlog at %.0f tx/s; the loop alone did %d tx/s on a '
-                      'backlog of the same size (its own, written the same way). The difference is what the task '
-                      'adds around the loop: starting the worker process, loading the table metadata, writing '
-                      'progress to the state database, and the idle poll interval.' % (
+                      'backlog of the same size (its own, written the same way). The loop alone applies one batch '
+                      'after reading it; the worker reads the next batch and builds its statements while the previous '
+                      'one is applied, and it also starts its process, loads the table metadata and writes its '
+                      'progress to the state database.' % (
                           sync['backlog']['transactions'], sync['catch_up']['ours_tps'], engine['pgdts']['tps']), '']
     cutover = out.get('cutover')
     if cutover:
@@ -650,11 +654,6 @@ def engine_text(out):
     return text
 
 
-def engine_value(out, key):
-    value = (out.get('engine') or {}).get(key)
-    return '?' if value is None else '%g' % value
-
-
 def findings(out):
     """Where pgdts loses time in this run, and what would help: each item only when the figures show it."""
     items = []
@@ -667,14 +666,13 @@ def findings(out):
             if summary['_ratio_to_fastest'] <= 0.8:
                 continue
             if (b.get('index_sequences_analyze') or 0) > 0.15 * ours['median']:
-                items.append('%s: post-data (indexes, constraints, sequences, ANALYZE) runs only after the last '
-                             'table is copied and takes %.2f s (%.0f %%). Building each table\'s indexes as soon as '
-                             'its data is in (as pgcopydb does) would take most of it off the critical path.' % (
+                items.append('%s: what is left of the post-data after the last table (foreign keys, triggers, '
+                             'sequences, ANALYZE of tables not analyzed during the copy) takes %.2f s (%.0f %%).' % (
                                  label, b['index_sequences_analyze'],
                                  100.0 * b['index_sequences_analyze'] / ours['median']))
             if (b.get('analyze_alone') or 0) > 0.05 * ours['median']:
-                items.append('%s: ANALYZE runs in one session over the whole database (%.2f s alone); running it per '
-                             'table in `jobs` sessions, or right after each table\'s indexes, would divide it.' % (
+                items.append('%s: ANALYZE, which pg_dump and pg_restore do not run, takes %.2f s over the whole '
+                             'database when timed alone afterwards; the task runs it per table during the copy.' % (
                                  label, b['analyze_alone']))
             fixed = (b.get('checks_and_spawn') or 0) + (b.get('slot') or 0) + (b.get('cleanup') or 0)
             if fixed > 0.05 * ours['median']:
@@ -689,9 +687,8 @@ def findings(out):
                 rates[key] = copy[key]['size_bytes'] / 1e6 / seconds
         if len(rates) == 2 and rates['many_tables'] < 0.6 * rates['pgbench']:
             items.append('many-tables copy: the COPY phase moves %.0f MB/s against %.0f MB/s for the pgbench tables: '
-                         'per-table costs dominate. Every table is its own destination transaction (TRUNCATE, COPY, '
-                         'commit) and two autocommit updates of the task\'s state rows; grouping small tables into one '
-                         'transaction per job and batching the state updates would cut them.' % (
+                         'per-table costs dominate (a destination transaction per table, and each table\'s index '
+                         'builds and ANALYZE, which run inside this phase).' % (
                              rates['many_tables'], rates['pgbench']))
     scaling = out.get('scaling')
     if scaling and scaling['jobs']:
@@ -700,12 +697,9 @@ def findings(out):
         if default and best['jobs'] < default[0]['jobs'] and best['median'] < 0.95 * default[0]['median']:
             slow = default[0]
             items.append('jobs: on this %d-CPU machine jobs %d copied pgbench scale %d in %s (COPY phase %s, post-data '
-                         '%s), the default jobs %d in %s (%s, %s). With jobs > 1 the big table is split into block '
-                         'ranges copied by concurrent sessions; those parts are not written with COPY FREEZE (the '
-                         'TRUNCATE is in another transaction), so the index build and ANALYZE read pages whose hint '
-                         'bits are still to be set, and the sessions extend the same relation at once. Splitting only '
-                         'when there are CPUs to spare would avoid the loss; the gap is small against the '
-                         'run-to-run noise of this shared machine.' % (
+                         '%s), the default jobs %d in %s (%s, %s). More jobs than CPUs cannot add CPU, only '
+                         'contention between the sessions of both servers and the readers; the gap is small against '
+                         'the run-to-run noise of this shared machine.' % (
                              out['machine']['nproc'], best['jobs'], best['scale'], common.fmt_s(best['median']),
                              phase(best, 'copy'), phase(best, 'index_sequences_analyze'), slow['jobs'],
                              common.fmt_s(slow['median']), phase(slow, 'copy'),
@@ -726,10 +720,9 @@ def findings(out):
             items.append(text)
         lag = sync['lag']['pgdts']
         if lag['p99'] > 2 * sync['lag']['native']['p99']:
-            items.append('lag: p99 %.3f s against native\'s %.3f s. When caught up the worker sleeps poll_interval '
-                         '(%s s by default) between reads; a shorter interval or waiting for WAL on a replication '
-                         'connection would bring it down.' % (lag['p99'], sync['lag']['native']['p99'],
-                                                              engine_value(out, 'poll_interval')))
+            items.append('lag: p99 %.3f s against native\'s %.3f s. Each batch is one destination transaction whose '
+                         'commit is flushed before the slot is confirmed; the worker also writes its progress to the '
+                         'state database after each batch.' % (lag['p99'], sync['lag']['native']['p99']))
     cutover = out.get('cutover')
     if cutover and cutover.get('phases'):
         phases = dict(cutover['phases'])
@@ -739,9 +732,8 @@ def findings(out):
         if phases['stop_worker_and_release'] > 0.3 * cutover['downtime_seconds']:
             items.append('cutover: %.2f s of the %.2f s downtime is stopping the worker (asked through its request, '
                          'terminated when it has not stopped within a grace period) and dropping its objects, after '
-                         'the destination was complete and compared. The worker stops only between reads of the '
-                         'slot, so a running peek (the next window, decoded in the background) holds it; cancelling '
-                         'that read on a stop request, or dropping the objects without waiting for the worker, would '
+                         'the destination was complete and compared. The worker stops between batches and then '
+                         'closes its replication stream; dropping the objects without waiting for the worker would '
                          'take this out of the downtime.' % (phases['stop_worker_and_release'],
                                                              cutover['downtime_seconds']))
     if not items:
@@ -752,8 +744,9 @@ def findings(out):
 PHASES = (('checks_and_spawn', 'pre-migration checks and worker start (in pg_dts_migrate)'),
           ('slot', 'task set-up, publication, slot with exported snapshot'),
           ('schema', 'schema: pg_dump --schema-only and pg_restore pre-data'),
-          ('copy', 'data: parallel COPY'),
-          ('index_sequences_analyze', 'post-data (indexes, constraints), sequences, ANALYZE'),
+          ('copy', 'data: parallel COPY, each table\'s indexes and ANALYZE as soon as its data is in'),
+          ('index_sequences_analyze', 'the rest of the post-data (foreign keys, triggers, ...), sequences, ANALYZE of '
+                                      'what is left'),
           ('cleanup', 'drop slot and publication, finish the task'))
 
 
@@ -765,7 +758,7 @@ def breakdown_rows(item):
         if value is not None:
             rows.append((label, '%.2f' % value, '%.0f %%' % (100.0 * value / total)))
     if item['breakdown'].get('analyze_alone') is not None:
-        rows.append(('(of the post-data phase: ANALYZE, timed again alone afterwards)',
+        rows.append(('(ANALYZE of the whole database, timed again alone afterwards)',
                      '%.2f' % item['breakdown']['analyze_alone'],
                      '%.0f %%' % (100.0 * item['breakdown']['analyze_alone'] / total)))
     accounted = sum(item['breakdown'].get(k) or 0 for k, _l in PHASES)

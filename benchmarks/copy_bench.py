@@ -7,11 +7,15 @@
                                               [--scales 10,50,100] [--jobs 1,2,4] [--skip-peers] [--skip-scaling]
 
 Every method copies the same source database into a fresh destination database of the same name on the same
-destination server (dropped and checkpointed before each run). Methods run round-robin (one run of each, then the
-next round) so that a burst of load from elsewhere does not hit one method only. The median of the runs is reported.
+destination server (dropped and checkpointed before each run; both servers are checkpointed once after the data
+load). Methods run round-robin (one run of each, then the next round, each round starting with the next method) so
+that a burst of load from elsewhere does not hit one method only. The median of the runs is reported.
 
 pgdts ("ours") = the task pg_dts_migrate starts with incremental=false: checks, slot with exported snapshot, schema
-(pre-data), parallel COPY, post-data (indexes, constraints) with pg_restore --jobs, sequences, ANALYZE. It runs in the
+(pre-data), parallel COPY during which each copied table gets its own indexes and key constraints (pg_restore of
+those dump entries) and is analyzed, then the rest of the post-data (foreign keys, triggers, partition indexes, ...),
+sequences and ANALYZE of what is left. In the phase breakdown, "copy" therefore includes most index building and
+ANALYZE, and "index_sequences_analyze" only what is left at the end. It runs in the
 real detached worker (task_control.TaskControl.ensure(), as the module does); the time runs from that call until the
 task's stage is `finished`. The worker's peak memory (VmHWM) and the peak RSS of the worker and its children are read
 from /proc while it runs.
@@ -169,7 +173,10 @@ class CopyBench:
         """Round-robin runs of every method; {method: [result, ...]}."""
         results = {m: [] for m in methods}
         for round_no in range(runs):
-            for method in methods:
+            # each round starts with another method: whatever the first run after the data load or after another
+            # data set meets (dirty buffers of the load written out, caches) does not always fall on the same method
+            shift = round_no % len(methods)
+            for method in tuple(methods[shift:]) + tuple(methods[:shift]):
                 say('copy %s: %s, run %d/%d (load %s)' % (dbname, method, round_no + 1, runs, common.loadavg_text()))
                 result = self.run_method(method, dbname)
                 say('    %.2f s' % result['seconds'])
@@ -310,6 +317,8 @@ def main(argv=None):
         say('building %d tables on the source' % args.tables)
         many_size = common.many_tables_init(servers.src, 'many_tables', args.tables, args.rows_per_table)
         methods = (OURS,) if args.skip_peers else METHODS
+        # write out what the data load left in shared buffers before anything is measured
+        common.checkpoint(servers.src, servers.dst)
         main_db = databases[args.scale]
         pgbench_results = bench.compare(main_db, args.runs, methods)
         many_results = bench.compare('many_tables', args.runs, methods)

@@ -79,9 +79,15 @@ def catch_up(args, source, dest, dbname, src_conn, tables, copy_lsn, target, tri
     if keep_slot:
         window = max(window, args.transactions * 8)     # one window: a new one would advance the slot
         advance_interval = 1e9
-    reader = decoding.SlotReader(src_conn, 'bench_slot', args.plugin, publication='bench_pub',
-                                 tables=list(tables) if args.plugin == 'wal2json' else None, window_changes=window,
-                                 advance_interval=advance_interval, prefetch=not args.no_prefetch)
+    if args.stream:
+        repl = psycopg.connect(autocommit=True, replication='database', **_kw(source, 'bench'))
+        reader = decoding.StreamReader(src_conn, repl, 'bench_slot', args.plugin, publication='bench_pub',
+                                       tables=list(tables) if args.plugin == 'wal2json' else None,
+                                       queue_changes=max(4 * args.batch, 50000))
+    else:
+        reader = decoding.SlotReader(src_conn, 'bench_slot', args.plugin, publication='bench_pub',
+                                     tables=list(tables) if args.plugin == 'wal2json' else None, window_changes=window,
+                                     advance_interval=advance_interval, prefetch=not args.no_prefetch)
     profiler = None
     if args.profile:
         import cProfile
@@ -91,7 +97,7 @@ def catch_up(args, source, dest, dbname, src_conn, tables, copy_lsn, target, tri
         sys.setswitchinterval(args.switch_interval)
     cpu_started = time.process_time()
     started = time.monotonic()
-    read_s = apply_s = 0.0
+    read_s = apply_s = confirm_s = 0.0
     applied = changes = 0
     while True:
         t0 = time.monotonic()
@@ -104,6 +110,7 @@ def catch_up(args, source, dest, dbname, src_conn, tables, copy_lsn, target, tri
         applied += result['transactions']
         changes += result['changes']
         reader.confirm(applier.applied_lsn())
+        confirm_s += time.monotonic() - t2
         if done:
             break
     if not keep_slot:
@@ -114,11 +121,12 @@ def catch_up(args, source, dest, dbname, src_conn, tables, copy_lsn, target, tri
         profiler.disable()
         profiler.dump_stats(args.profile)
     reader.close()
-    print('pgdts %s: %d transactions (%d changes) in %.2f s = %.0f tx/s (read+decode %.2f s, apply %.2f s; '
-          'peek windows %d, server peek %.2f s; batches %s, fallbacks %d, set-based statements %.2f s; '
-          'client CPU %.2f s)'
-          % (args.plugin, applied, changes, elapsed, applied / elapsed, read_s, apply_s, reader.stats['windows'],
-             reader.stats['peek_seconds'], applier.stats['batches'], applier.stats['fallbacks'],
+    print('pgdts %s: %d transactions (%d changes) in %.2f s = %.0f tx/s (read+decode %.2f s, apply %.2f s, '
+          'confirm %.2f s; peek windows %d, server peek %.2f s; slot advances %d, %.2f s; batches %s, fallbacks %d, '
+          'set-based statements %.2f s; client CPU %.2f s)'
+          % (args.plugin, applied, changes, elapsed, applied / elapsed, read_s, apply_s, confirm_s,
+             reader.stats['windows'], reader.stats['peek_seconds'], reader.stats['advances'],
+             reader.stats['advance_seconds'], applier.stats['batches'], applier.stats['fallbacks'],
              applier.stats['net_seconds'], cpu))
     equal = all(table_digest(src_conn, t) == table_digest(dst_conn, t) for t in TABLES)
     dst_conn.rollback()
@@ -139,6 +147,7 @@ def main():
     parser.add_argument('--batch', type=int, default=20000, help='max_changes per read/apply batch')
     parser.add_argument('--window', type=int, default=500000, help='rows per peek window')
     parser.add_argument('--ordered', action='store_true', help='disable set-based apply')
+    parser.add_argument('--stream', action='store_true', help='StreamReader (replication protocol) instead of SlotReader')
     parser.add_argument('--no-prefetch', action='store_true', help='decode the next batch only when asked')
     parser.add_argument('--repeat', type=int, default=1, help='catch up the same backlog this many times')
     parser.add_argument('--advance-interval', type=float, default=0.0, help='SlotReader advance_interval (seconds)')
@@ -147,6 +156,8 @@ def main():
     parser.add_argument('--keep', action='store_true', help='leave the clusters running')
     parser.add_argument('--profile', help='write a cProfile of the catch-up loop to this file')
     args = parser.parse_args()
+    if args.stream and args.repeat > 1:
+        parser.error('--repeat needs the SQL reader (a stream confirms what it applied)')
 
     base = make_base_dir('pgdts-bench-')
     clusters = []

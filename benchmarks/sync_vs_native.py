@@ -179,10 +179,16 @@ class SyncBench:
                                    'wal_bytes': int(wal or 0)}
         say('sync: backlog written in %.1f s (%.0f tx/s), %.0f MB of WAL; pgdts catching up (load %s)'
             % (produce, backlog / produce, (wal or 0) / 1e6, common.loadavg_text()))
+        log_offset = os.path.getsize(self.task.paths.log) if os.path.exists(self.task.paths.log) else 0
         started = time.monotonic()
         with common.PeakMemory(self.task.worker_pid) as memory:
             self.task.start()
             ours = self.wait_marker(self.dbname, marker) - started
+        with open(self.task.paths.log, errors='replace') as handle:
+            handle.seek(log_offset)
+            self.results['catch_up_log'] = handle.read().splitlines()[:40]
+        for line in self.results['catch_up_log']:
+            say('sync: worker log: %s' % line)
         say('sync: pgdts caught up in %.2f s (%.0f tx/s); native catching up (load %s)'
             % (ours, backlog / ours, common.loadavg_text()))
         started = time.monotonic()
@@ -284,12 +290,13 @@ class SyncBench:
         return out
 
 
-def run(servers, scale=10, transactions=200000, rate=500, seconds=30, dbname='sync_bench'):
+def run(servers, scale=10, transactions=200000, rate=500, seconds=30, dbname='sync_bench', skip_lag=False):
     bench = SyncBench(servers, dbname=dbname, scale=scale)
     try:
         bench.prepare()
         bench.catch_up(transactions)
-        bench.lags(rate, seconds)
+        if not skip_lag:
+            bench.lags(rate, seconds)
     finally:
         bench.cleanup()
     return bench.results
@@ -307,7 +314,7 @@ def print_results(results):
               catch['ours_seconds'], catch['ours_tps'], catch['native_seconds'], catch['native_tps'], catch['ratio'],
               'met' if catch['ratio'] <= 1.0 else 'MISSED', catch['ours_equal'], catch['native_equal']))
     print('  worker peak memory during catch-up: VmHWM %s' % common.fmt_mb(catch['worker_hwm_kb']))
-    for which in ('pgdts', 'native'):
+    for which in ('pgdts', 'native') if 'lag' in results else ():
         item = results['lag'][which]
         print('  lag %-6s at %d tx/s: p50 %.3f s, p90 %.3f s, p99 %.3f s, max %.3f s (%d samples)%s' % (
             which, item['rate'], item['p50'], item['p90'], item['p99'], item['max'], item['samples'],
@@ -320,10 +327,11 @@ def main(argv=None):
     parser.add_argument('--transactions', type=int, default=200000)
     parser.add_argument('--rate', type=int, default=500, help='pgbench --rate of the steady load (tx/s)')
     parser.add_argument('--seconds', type=int, default=30, help='length of each lag measurement')
+    parser.add_argument('--skip-lag', action='store_true', help='catch-up only')
     parser.add_argument('--keep', action='store_true')
     args = parser.parse_args(argv)
     with common.Servers(keep=args.keep) as servers:
-        results = run(servers, args.scale, args.transactions, args.rate, args.seconds)
+        results = run(servers, args.scale, args.transactions, args.rate, args.seconds, skip_lag=args.skip_lag)
     print_results(results)
     return 0
 

@@ -398,12 +398,38 @@ class Applier:
         return value
 
     # -- apply ---------------------------------------------------------------------------------------------------
-    def apply(self, transactions):
-        """Apply a batch in ONE destination transaction. Returns counts and the last commit applied."""
-        with gc_paused():
-            return self._apply(transactions)
+    def apply(self, transactions, plan=None):
+        """Apply a batch in ONE destination transaction. Returns counts and the last commit applied.
 
-    def _apply(self, transactions):
+        `plan` (from plan() on the same transactions) saves building the statements again."""
+        with gc_paused():
+            return self._apply(transactions, plan)
+
+    def plan(self, transactions):
+        """Build the set-based statements of a batch without using the destination, so that a caller can do it
+        while the previous batch is being applied. None when the batch must be applied another way (apply() then
+        decides, and reports any error in order)."""
+        if not self._is_setup or self._reload_catalog or not self.net or not transactions:
+            return None
+        try:
+            with gc_paused():
+                return self._plan(list(transactions))
+        except Exception:  # pylint: disable=broad-except
+            return None
+
+    def _plan(self, txns):
+        segments = list(self._net_segments(txns))
+        if len(segments) != 1:
+            return None     # TRUNCATEs are applied in their place in the batch
+        states, count, _truncate = segments[0]
+        statements = []
+        for state in states.values():
+            if state.ordered:
+                return None
+            statements.extend(self._table_statements(state))
+        return _Plan(txns, statements, count)
+
+    def _apply(self, transactions, plan=None):
         if not self._is_setup:
             raise ApplyError('Applier.setup() must run before apply()')
         txns = list(transactions)
@@ -414,6 +440,7 @@ class Applier:
         conn = self.conn
         if self._reload_catalog:
             # the last batch failed: the user may have fixed the destination's tables since
+            plan = None
             try:
                 with conn.cursor() as cur:
                     self._load_catalog(cur)
@@ -438,9 +465,16 @@ class Applier:
                     conn.rollback()
                     return result
                 mode = 'ordered'
+                if plan is not None and (plan.transactions != txns or len(todo) != len(txns)):
+                    plan = None     # built for other transactions, or part of the batch was applied before
                 if self.net:
                     try:
-                        result['changes'] = self._apply_net(cur, todo)
+                        if plan is not None:
+                            for statement in plan.statements:
+                                self._net_execute(cur, *statement)
+                            result['changes'] = plan.changes
+                        else:
+                            result['changes'] = self._apply_net(cur, todo)
                         mode = 'net'
                     except _NetFailed as failed:
                         conn.rollback()
@@ -669,15 +703,27 @@ class Applier:
 
     # -- set-based apply -----------------------------------------------------------------------------------------
     def _apply_net(self, cur, txns):
+        count = 0
+        for states, changes, truncate in self._net_segments(txns):
+            if truncate is not None:
+                count += self._truncate(cur, *truncate)
+            else:
+                self._flush_net(cur, states)
+                count += changes
+        return count
+
+    def _net_segments(self, txns):
+        """The batch's net changes per table, split at each TRUNCATE: yields (states, changes, None) for the changes
+        between TRUNCATEs and (None, 0, (change, lsn)) for each TRUNCATE."""
         states = {}
         count = 0
         for txn in txns:
             lsn = txn.commit_lsn
             for change in txn.changes:
                 if change.kind == 'T':
-                    self._flush_net(cur, states)
-                    states = {}
-                    count += self._truncate(cur, change, lsn)
+                    yield states, count, None
+                    yield None, 0, (change, lsn)
+                    states, count = {}, 0
                     continue
                 key = (change.schema, change.table)
                 state = states.get(key)
@@ -690,8 +736,7 @@ class Applier:
                     continue
                 state.add(change, lsn)
                 count += 1
-        self._flush_net(cur, states)
-        return count
+        yield states, count, None
 
     def _flush_net(self, cur, states):
         for state in states.values():
@@ -714,16 +759,22 @@ class Applier:
             raise _NetFailed('set-based %s on %s touched %d rows instead of %d' % (what, target.name, count, expected))
 
     def _flush_table(self, cur, state):
+        for statement in self._table_statements(state):
+            self._net_execute(cur, *statement)
+
+    def _table_statements(self, state):
+        """The set-based statements of one table's net changes: (target, query, params, expected rows, what)."""
         target = state.target
         lsn = state.last_lsn
+        out = []
         if state.plain:
             groups = {}
             for new in state.plain:
                 groups.setdefault(tuple(new), []).append(new)
             for names, rows in groups.items():
-                self._net_insert(cur, target, names, rows, lsn)
+                out.append(self._net_insert(target, names, rows, lsn))
         if not state.entries:
-            return
+            return out
         deletes, inserts, updates = [], {}, {}
         for key, entry in state.entries.items():
             op = entry[0]
@@ -741,13 +792,14 @@ class Applier:
             if query is None:
                 query = target.statements['net_delete'] = sql.SQL('DELETE FROM {}{} AS t USING {} WHERE {}').format(
                     target.only, target.ident, _batch_rows(len(kcols), kcols), _key_join(kcols, 0)).as_bytes(self.conn)
-            self._net_execute(cur, target, query, state.key_arrays(deletes), len(deletes), 'DELETE')
+            out.append((target, query, state.key_arrays(deletes), len(deletes), 'DELETE'))
         for names, rows in updates.items():
-            self._net_update(cur, target, names, rows, lsn, state)
+            out.append(self._net_update(target, names, rows, lsn, state))
         for names, rows in inserts.items():
-            self._net_insert(cur, target, names, rows, lsn)
+            out.append(self._net_insert(target, names, rows, lsn))
+        return out
 
-    def _net_update(self, cur, target, names, rows, lsn, state):
+    def _net_update(self, target, names, rows, lsn, state):
         kcols = [target.columns[k] for k in target.key_columns]
         written = target.written(names, lsn, None)
         cols = [c for c in written if c.identity != 'a']
@@ -770,9 +822,9 @@ class Applier:
         params = state.key_arrays([key for key, _values in rows])
         params += [_TextArray([values[c.name] for _key, values in rows]) for c in cols]
         params += [_TextArray([values[c.name] for _key, values in rows]) for c in always]
-        self._net_execute(cur, target, query, params, len(rows), 'UPDATE')
+        return target, query, params, len(rows), 'UPDATE'
 
-    def _net_insert(self, cur, target, names, rows, lsn):
+    def _net_insert(self, target, names, rows, lsn):
         cache_key = ('net_insert', names)
         entry = target.statements.get(cache_key)
         if entry is None:
@@ -790,7 +842,18 @@ class Applier:
             entry = target.statements[cache_key] = (query, [c.name for c in cols])
         query, colnames = entry
         params = [_TextArray([row[name] for row in rows]) for name in colnames]
-        self._net_execute(cur, target, query, params, len(rows), 'INSERT')
+        return target, query, params, len(rows), 'INSERT'
+
+
+class _Plan:
+    """The statements of a batch's net changes, built ahead of applying it."""
+
+    __slots__ = ('transactions', 'statements', 'changes')
+
+    def __init__(self, transactions, statements, changes):
+        self.transactions = transactions
+        self.statements = statements
+        self.changes = changes
 
 
 def _batch_rows(width, order=None):

@@ -589,7 +589,64 @@ def wal2json_escape(name):
 
 # -- reading a slot ------------------------------------------------------------------------------------------------
 
-class SlotReader:
+def plugin_options(plugin, conn, publication=None, tables=None, numeric_as_string=True):
+    """The output plugin's options as (name, value) pairs, for the SQL functions and for START_REPLICATION."""
+    if plugin == 'pgoutput':
+        publications = [publication] if isinstance(publication, str) else publication
+        names = sql.SQL(',').join(sql.Identifier(p) for p in publications)
+        return [('proto_version', '1'), ('publication_names', names.as_string(conn))]
+    options = [('format-version', '2'), ('include-xids', '1'), ('include-timestamp', '1'), ('include-lsn', '1'),
+               ('include-types', '1'), ('include-type-oids', '1'), ('include-typmod', '0'),
+               ('include-domain-data-type', '1'), ('include-transaction', '1')]
+    if numeric_as_string:
+        options.append(('numeric-data-types-as-string', '1'))
+    if tables is not None:
+        options.append(('add-tables', ','.join('%s.%s' % (wal2json_escape(s), wal2json_escape(t))
+                                               for s, t in tables) or 'pgdts\\.no\\ tables'))
+    return options
+
+
+def _check_plugin(plugin, publication):
+    if plugin not in PLUGINS:
+        raise DecodeError('unknown decoding plugin %r (expected one of %s)' % (plugin, ', '.join(PLUGINS)))
+    if plugin == 'pgoutput' and not publication:
+        raise DecodeError('the pgoutput plugin needs a publication name')
+
+
+class _Reader:
+    """What both readers share: the arguments, the slot checks and the client-side table filter."""
+
+    def _init_reader(self, conn, slot_name, plugin, publication, tables):
+        """Check the plugin and the slot; returns slot_info()."""
+        _check_plugin(plugin, publication)
+        self.conn = conn
+        self.slot_name = slot_name
+        self.plugin = plugin
+        self.publication = publication
+        self.tables = [tuple(t) for t in tables] if tables is not None else None
+        self.numeric_as_string = True
+        self._wanted = set(self.tables) if (plugin == 'pgoutput' and self.tables is not None) else None
+        info = slot_info(conn, slot_name)
+        if info is None:
+            raise DecodeError('replication slot "%s" does not exist' % slot_name)
+        if info['slot_type'] != 'logical':
+            raise DecodeError('replication slot "%s" is a physical slot, not a logical one' % slot_name)
+        if info['plugin'] != plugin:
+            raise DecodeError('replication slot "%s" uses plugin %s, not %s' % (slot_name, info['plugin'], plugin))
+        dbname = conn.execute('SELECT pg_catalog.current_database()').fetchone()[0]
+        if info['database'] != dbname:
+            raise DecodeError('replication slot "%s" belongs to database %s, not %s'
+                              % (slot_name, info['database'], dbname))
+        return info
+
+    def _keep(self, change):
+        if change.kind == 'T':
+            change.truncate = [t for t in change.truncate if t in self._wanted]
+            return bool(change.truncate)
+        return (change.schema, change.table) in self._wanted
+
+
+class SlotReader(_Reader):
     """Peek whole transactions from a logical slot, in commit order, without consuming them.
 
     `conn` is an autocommit SQL connection to the source database, used only by this reader (it changes the session
@@ -616,36 +673,15 @@ class SlotReader:
 
     def __init__(self, conn, slot_name, plugin='pgoutput', publication=None, tables=None, window_changes=500000,
                  fetch_size=2000, advance_interval=0.0, prefetch=True):
-        if plugin not in PLUGINS:
-            raise DecodeError('unknown decoding plugin %r (expected one of %s)' % (plugin, ', '.join(PLUGINS)))
-        if plugin == 'pgoutput' and not publication:
-            raise DecodeError('the pgoutput plugin needs a publication name')
         if not conn.autocommit:
+            _check_plugin(plugin, publication)
             raise DecodeError('SlotReader needs an autocommit connection')
-        self.conn = conn
-        self.slot_name = slot_name
-        self.plugin = plugin
-        self.publication = publication
-        self.tables = [tuple(t) for t in tables] if tables is not None else None
+        info = self._init_reader(conn, slot_name, plugin, publication, tables)
         self.window_changes = max(int(window_changes), 1)
         self.fetch_size = max(int(fetch_size), 1)
         self.advance_interval = float(advance_interval)
         self.prefetch = prefetch
-        self.numeric_as_string = True
         self._setup_session()
-        info = slot_info(conn, slot_name)
-        if info is None:
-            raise DecodeError('replication slot "%s" does not exist' % slot_name)
-        if info['slot_type'] != 'logical':
-            raise DecodeError('replication slot "%s" is a physical slot, not a logical one' % slot_name)
-        if info['plugin'] != plugin:
-            raise DecodeError('replication slot "%s" uses plugin %s, not %s' % (slot_name, info['plugin'], plugin))
-        with conn.cursor() as cur:
-            cur.execute('SELECT pg_catalog.current_database()')
-            dbname = cur.fetchone()[0]
-        if info['database'] != dbname:
-            raise DecodeError('replication slot "%s" belongs to database %s, not %s'
-                              % (slot_name, info['database'], dbname))
         self.confirmed_lsn = info['confirmed_flush_lsn']   # what the caller confirmed (or the slot's position)
         self.slot_confirmed_lsn = info['confirmed_flush_lsn']   # what the server slot has been advanced to
         self.end_lsn = None          # when the last read() returned done: everything before this LSN was returned
@@ -660,7 +696,6 @@ class SlotReader:
         self._window_rows = 0
         self._window_limit = self.window_changes
         self._parser = None
-        self._wanted = set(self.tables) if (plugin == 'pgoutput' and self.tables is not None) else None
         self._thread = None
         self._prefetched = None
         self._prefetch_error = None
@@ -668,7 +703,8 @@ class SlotReader:
         if prefetch and sys.getswitchinterval() > PREFETCH_SWITCH_INTERVAL:
             # with the decode thread busy, a statement's result waits for the GIL for up to the switch interval
             sys.setswitchinterval(PREFETCH_SWITCH_INTERVAL)
-        self.stats = {'windows': 0, 'rows': 0, 'peek_seconds': 0.0, 'prefetched_batches': 0}
+        self.stats = {'windows': 0, 'rows': 0, 'peek_seconds': 0.0, 'prefetched_batches': 0, 'advances': 0,
+                      'advance_seconds': 0.0}
 
     def _setup_session(self):
         with self.conn.cursor() as cur:
@@ -700,23 +736,11 @@ class SlotReader:
 
     def _peek_query(self):
         slot = sql.Literal(self.slot_name)
-        if self.plugin == 'pgoutput':
-            names = sql.SQL(',').join(sql.Identifier(p) for p in
-                                      ([self.publication] if isinstance(self.publication, str) else self.publication))
-            return sql.SQL("SELECT data FROM pg_catalog.pg_logical_slot_peek_binary_changes({}, %s::pg_lsn, %s, "
-                           "'proto_version', '1', 'publication_names', {})").format(
-                               slot, sql.Literal(names.as_string(self.conn)))
-        options = [('format-version', '2'), ('include-xids', '1'), ('include-timestamp', '1'), ('include-lsn', '1'),
-                   ('include-types', '1'), ('include-type-oids', '1'), ('include-typmod', '0'),
-                   ('include-domain-data-type', '1'), ('include-transaction', '1')]
-        if self.numeric_as_string:
-            options.append(('numeric-data-types-as-string', '1'))
-        if self.tables is not None:
-            options.append(('add-tables', ','.join('%s.%s' % (wal2json_escape(s), wal2json_escape(t))
-                                                   for s, t in self.tables) or 'pgdts\\.no\\ tables'))
+        options = plugin_options(self.plugin, self.conn, self.publication, self.tables, self.numeric_as_string)
         opts = sql.SQL(', ').join(sql.SQL('{}, {}').format(sql.Literal(k), sql.Literal(v)) for k, v in options)
-        return sql.SQL('SELECT data FROM pg_catalog.pg_logical_slot_peek_changes({}, %s::pg_lsn, %s, {})').format(
-            slot, opts)
+        function = 'pg_logical_slot_peek_binary_changes' if self.plugin == 'pgoutput' else 'pg_logical_slot_peek_changes'
+        return sql.SQL('SELECT data FROM pg_catalog.{}({}, %s::pg_lsn, %s, {})').format(
+            sql.Identifier(function), slot, opts)
 
     def _open_window(self, upto_lsn, limit):
         self._close_window()
@@ -886,12 +910,6 @@ class SlotReader:
             self._start_prefetch(max_changes)
         return transactions, done
 
-    def _keep(self, change):
-        if change.kind == 'T':
-            change.truncate = [t for t in change.truncate if t in self._wanted]
-            return bool(change.truncate)
-        return (change.schema, change.table) in self._wanted
-
     def confirm(self, lsn, force=False):
         """Record that the destination committed everything up to `lsn` and advance the slot (see advance_interval).
 
@@ -910,8 +928,293 @@ class SlotReader:
             target = self.confirmed_lsn
             if target is None or (self.slot_confirmed_lsn is not None and target <= self.slot_confirmed_lsn):
                 return
+            started = time.monotonic()
             with self.conn.cursor() as cur:
                 cur.execute('SELECT pg_catalog.pg_replication_slot_advance(%s, %s::pg_lsn)',
                             (self.slot_name, int_to_lsn(target)))
             self.slot_confirmed_lsn = target
             self._last_advance = time.monotonic()
+            self.stats['advances'] += 1
+            self.stats['advance_seconds'] += self._last_advance - started
+
+
+# -- streaming a slot over the replication protocol -------------------------------------------------------------------
+
+_XLOG_DATA = struct.Struct('>QQQ').unpack_from          # after 'w': start LSN, server WAL end, send time
+_KEEPALIVE = struct.Struct('>QQB').unpack_from          # after 'k': server WAL end, send time, reply requested
+_STATUS_UPDATE = struct.Struct('>cQQQqB').pack          # 'r', written, flushed, applied, client time, reply requested
+_OBJECT_IN_USE = '55006'
+
+
+def _replication_literal(value):
+    """A string constant for a replication command. Their grammar knows only the standard form '...' (quotes
+    doubled, backslashes literal), not the E'...' form sql.Literal produces for a value with a backslash (wal2json's
+    add-tables escapes names with backslashes)."""
+    text = str(value)
+    if '\x00' in text:
+        raise DecodeError('an option of the output plugin contains a NUL character')
+    return sql.SQL("'{}'".format(text.replace("'", "''")))
+
+
+def _pg_now_micros():
+    return int((time.time() - 946684800.0) * 1000000)
+
+
+class StreamReader(_Reader):
+    """Stream a logical slot over the replication protocol (START_REPLICATION), with the SlotReader interface.
+
+    `repl_conn` is a `replication='database'` connection used only by this reader; `conn` an ordinary autocommit
+    connection to the same source database (slot checks, and ending a walsender left on the slot by a worker that
+    died). A receiver thread reads the copy stream while the caller applies: the source's walsender decodes the WAL
+    once, in its own process, at the same time as the apply runs. Received transactions wait in a queue bounded by
+    `queue_changes` changes (a transaction is never split); when it is full the thread stops reading and the walsender
+    waits on the socket.
+
+    Position: `read()` hands out every transaction once, in commit order; `done` is True when the walsender reported
+    (keepalive) that it has sent everything up to `upto_lsn` and all of it was handed out. `confirm(lsn)` records
+    what the destination has committed; the thread reports it to the walsender in standby status updates (at most
+    every `feedback_interval` seconds, at least every 5 s, and at once when the walsender asks), which moves the slot
+    without decoding anything again. A restart streams again from the slot's confirmed position; the applier skips
+    what its replication origin already has."""
+
+    KEEPALIVE_SECONDS = 5.0
+    streaming = True
+
+    def __init__(self, conn, repl_conn, slot_name, plugin='pgoutput', publication=None, tables=None,
+                 queue_changes=100000, feedback_interval=1.0, start_timeout=30.0):
+        self.repl_conn = repl_conn
+        info = self._init_reader(conn, slot_name, plugin, publication, tables)
+        self.queue_changes = max(int(queue_changes), 1)
+        self.feedback_interval = float(feedback_interval)
+        self.confirmed_lsn = info['confirmed_flush_lsn'] or 0
+        self.slot_confirmed_lsn = self.confirmed_lsn
+        self.end_lsn = None
+        self._parser = PgOutputParser() if plugin == 'pgoutput' else Wal2JsonParser(True, self.tables)
+        self._queue = []
+        self._queued_changes = 0
+        self._cond = threading.Condition()
+        self._sent_lsn = self.confirmed_lsn     # everything committed before this was received (keepalive / commits)
+        self._error = None
+        self._stop = False
+        self._feedback_now = False
+        self._last_feedback = 0.0
+        self._reported = None
+        self.stats = {'windows': 0, 'rows': 0, 'peek_seconds': 0.0, 'prefetched_batches': 0, 'advances': 0,
+                      'advance_seconds': 0.0, 'wait_seconds': 0.0}
+        self._start(start_timeout)
+        if sys.getswitchinterval() > PREFETCH_SWITCH_INTERVAL:
+            # with the receiver busy, a statement's result would wait for the GIL for up to the switch interval
+            sys.setswitchinterval(PREFETCH_SWITCH_INTERVAL)
+        self._thread = threading.Thread(target=self._receive, name='pgdts-stream-receiver', daemon=True)
+        self._thread.start()
+
+    # -- start
+    def _start_command(self):
+        options = plugin_options(self.plugin, self.repl_conn, self.publication, self.tables, self.numeric_as_string)
+        return sql.SQL('START_REPLICATION SLOT {} LOGICAL {} ({})').format(
+            sql.Identifier(self.slot_name), sql.SQL(int_to_lsn(self.confirmed_lsn or 0)),
+            sql.SQL(', ').join(sql.SQL('{} {}').format(sql.Identifier(k), _replication_literal(v)) for k, v in options)
+        ).as_bytes(self.repl_conn)
+
+    def _exec_simple(self, command):
+        pgconn = self.repl_conn.pgconn
+        result = pgconn.exec_(command)
+        if result.status == psycopg.pq.ExecStatus.FATAL_ERROR:
+            raise psycopg.errors.error_from_result(result)
+        return result
+
+    def _start(self, timeout):
+        for name, value in READER_SETTINGS:
+            self._exec_simple(sql.SQL('SET {} TO {}').format(sql.Identifier(name), sql.Literal(value))
+                              .as_bytes(self.repl_conn))
+        deadline = time.monotonic() + timeout
+        while True:
+            pgconn = self.repl_conn.pgconn
+            pgconn.send_query(self._start_command())
+            result = pgconn.get_result()
+            if result is not None and result.status == psycopg.pq.ExecStatus.COPY_BOTH:
+                break
+            error = psycopg.errors.error_from_result(result) if result is not None else \
+                psycopg.OperationalError('the source closed the replication connection')
+            while pgconn.get_result() is not None:
+                pass
+            if pgconn.status != psycopg.pq.ConnStatus.OK:
+                raise error
+            text = _pg_message(error)
+            if self.plugin == 'wal2json' and self.numeric_as_string and 'numeric-data-types-as-string' in text:
+                self.numeric_as_string = False    # an older wal2json: NULLs in numeric columns are refused instead
+                self._parser = Wal2JsonParser(False, self.tables)
+                continue
+            if getattr(error, 'sqlstate', None) == _OBJECT_IN_USE and time.monotonic() < deadline:
+                # the slot is held by a walsender of a worker that died (this worker holds the task's lock)
+                self._end_stale_walsender()
+                time.sleep(0.2)
+                continue
+            raise DecodeError('cannot stream replication slot "%s": %s' % (self.slot_name, text)) from error
+
+    def _end_stale_walsender(self):
+        row = self.conn.execute('SELECT active_pid FROM pg_catalog.pg_replication_slots WHERE slot_name = %s',
+                                (self.slot_name,)).fetchone()
+        if row and row[0]:
+            self.conn.execute('SELECT pg_catalog.pg_terminate_backend(%s)', (row[0],))
+
+    # -- the receiver thread
+    def _receive(self):
+        try:
+            self._receive_loop()
+        except BaseException as exc:  # pylint: disable=broad-except
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()
+
+    def _receive_loop(self):
+        import select
+        pgconn = self.repl_conn.pgconn
+        sock = pgconn.socket
+        while not self._stop:
+            if self._queued_changes >= self.queue_changes:
+                with self._cond:
+                    if self._queued_changes >= self.queue_changes and not self._stop:
+                        self._cond.wait(0.1)
+                self._maybe_feedback(pgconn)
+                continue
+            with gc_paused():
+                received = self._receive_burst(pgconn)
+            if not received:
+                self._maybe_feedback(pgconn)
+                select.select([sock], [], [], 0.1)
+                pgconn.consume_input()
+
+    def _receive_burst(self, pgconn, limit=20000):
+        """Handle the messages already received, up to `limit` or a full queue. Returns how many."""
+        parser = self._parser
+        wanted = self._wanted
+        cond = self._cond
+        count = 0
+        while count < limit and self._queued_changes < self.queue_changes and not self._stop:
+            nbytes, data = pgconn.get_copy_data(1)
+            if nbytes == 0:
+                break
+            count += 1
+            if nbytes == -1:
+                result = pgconn.get_result()
+                if result is not None and result.status == psycopg.pq.ExecStatus.FATAL_ERROR:
+                    raise psycopg.errors.error_from_result(result)
+                raise psycopg.OperationalError('the source ended the replication stream')
+            if nbytes < 0:
+                raise psycopg.OperationalError('replication stream: %s' % pgconn.get_error_message())
+            tag = data[0]
+            if tag == 119:  # 'w' XLogData
+                self.stats['rows'] += 1
+                payload = bytes(data[25:])
+                txn = parser.feed(payload if self.plugin == 'pgoutput' else payload.decode('utf-8'))
+                if txn is not None:
+                    if wanted is not None:
+                        txn.changes = [c for c in txn.changes if self._keep(c)]
+                    with cond:
+                        self._queue.append(txn)
+                        self._queued_changes += len(txn.changes) + 1
+                        end = txn.end_lsn or txn.commit_lsn
+                        if end > self._sent_lsn:
+                            self._sent_lsn = end
+                        cond.notify_all()
+            elif tag == 107:  # 'k' keepalive
+                wal_end, _sent, reply = _KEEPALIVE(data, 1)
+                if parser.txn is None:
+                    with cond:
+                        if wal_end > self._sent_lsn:
+                            self._sent_lsn = wal_end
+                        cond.notify_all()
+                if reply:
+                    self._feedback_now = True
+                self._maybe_feedback(pgconn)
+        return count
+
+    def _maybe_feedback(self, pgconn):
+        now = time.monotonic()
+        confirmed = self.confirmed_lsn
+        due = self._feedback_now or now - self._last_feedback >= self.KEEPALIVE_SECONDS or (
+            confirmed != self._reported and now - self._last_feedback >= self.feedback_interval)
+        if not due:
+            return
+        written = max(self._sent_lsn, confirmed)
+        started = time.monotonic()
+        pgconn.put_copy_data(_STATUS_UPDATE(b'r', written, confirmed, confirmed, _pg_now_micros(), 0))
+        pgconn.flush()
+        self._feedback_now = False
+        self._last_feedback = now
+        if confirmed != self._reported:
+            self._reported = confirmed
+            self.slot_confirmed_lsn = confirmed
+            self.stats['advances'] += 1
+            self.stats['advance_seconds'] += time.monotonic() - started
+
+    # -- the API (as SlotReader)
+    def read(self, upto_lsn=None, max_changes=10000, wait=0.2):
+        """Return (transactions, done): whole transactions in commit order, at most about `max_changes` changes (one
+        transaction is never split). Waits up to `wait` seconds for the first transaction. `done` is True when
+        everything committed before `upto_lsn` has been handed out."""
+        upto_lsn = lsn_to_int(upto_lsn)
+        started = time.monotonic()
+        deadline = started + wait
+        with self._cond:
+            while True:
+                if self._error is not None:
+                    raise self._error
+                if self._queue or (upto_lsn is not None and self._sent_lsn >= upto_lsn):
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            taken, count = 0, 0
+            for txn in self._queue:
+                if count and count + len(txn.changes) > max_changes:
+                    break
+                taken += 1
+                count += len(txn.changes)
+                if count >= max_changes:
+                    break
+            transactions = self._queue[:taken]
+            del self._queue[:taken]
+            self._queued_changes -= count + taken
+            done = not self._queue and upto_lsn is not None and self._sent_lsn >= upto_lsn
+            if done:
+                self.end_lsn = self._sent_lsn
+            self._cond.notify_all()
+        self.stats['wait_seconds'] += time.monotonic() - started
+        return transactions, done
+
+    def confirm(self, lsn, force=False):
+        """Record that the destination committed everything up to `lsn` (only ever pass what it durably committed);
+        the walsender hears of it with the next status update."""
+        lsn = lsn_to_int(lsn)
+        if lsn is None:
+            return
+        if lsn > self.confirmed_lsn:
+            self.confirmed_lsn = lsn
+        if force:
+            self._feedback_now = True
+
+    def flush(self, timeout=5.0):
+        """Report the confirmed position to the walsender now (waits up to `timeout` for the status update)."""
+        self._feedback_now = True
+        deadline = time.monotonic() + timeout
+        while self._feedback_now and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def reset(self):
+        raise DecodeError('StreamReader cannot rewind: start a new reader (a new session) instead')
+
+    def close(self):
+        """Stop the receiver thread, report the confirmed position one last time and end the stream."""
+        if self._thread.is_alive():
+            self.flush(timeout=2.0)
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(5.0)
+        try:
+            self.repl_conn.close()
+        except Exception:  # pylint: disable=broad-except
+            pass

@@ -125,26 +125,34 @@ def _unquote(name):
 def schema_entries(dump_path, bindir=None):
     """[(TOC line, schema name)] of the CREATE SCHEMA entries of a custom-format dump.
 
-    The TOC listing shows names unquoted (ambiguous with spaces), so each entry's statement is asked for, where the
-    name is quoted exactly."""
+    The TOC listing shows names unquoted (ambiguous with spaces), so the entries' statements are asked for, where the
+    name is quoted exactly: all entries at once (they come out in listing order), else one entry at a time."""
     pg_restore = client_program('pg_restore', bindir)
     listing = _run([pg_restore, '--list', dump_path], {}, 'pg_restore --list').stdout.decode('utf-8', 'replace')
+    lines = [line for line in listing.splitlines() if _SCHEMA_ENTRY.match(line)]
+    if not lines:
+        return []
+    names = _CREATE_SCHEMA.findall(_entries_sql(pg_restore, dump_path, lines))
+    if len(names) == len(lines):
+        return [(line, _unquote(name)) for line, name in zip(lines, names)]
     entries = []
-    for line in listing.splitlines():
-        if not _SCHEMA_ENTRY.match(line):
-            continue
-        fd, list_path = tempfile.mkstemp(suffix='.list', dir=os.path.dirname(os.path.abspath(dump_path)))
-        try:
-            with os.fdopen(fd, 'w') as handle:
-                handle.write(line + '\n')
-            text = _run([pg_restore, '--use-list', list_path, '--file', '-', dump_path], {},
-                        'pg_restore of a schema entry').stdout.decode('utf-8', 'replace')
-        finally:
-            os.unlink(list_path)
-        found = _CREATE_SCHEMA.search(text)
+    for line in lines:
+        found = _CREATE_SCHEMA.search(_entries_sql(pg_restore, dump_path, [line]))
         if found:
             entries.append((line, _unquote(found.group(1))))
     return entries
+
+
+def _entries_sql(pg_restore, dump_path, lines):
+    """The SQL text pg_restore emits for these TOC lines."""
+    fd, list_path = tempfile.mkstemp(suffix='.list', dir=os.path.dirname(os.path.abspath(dump_path)))
+    try:
+        with os.fdopen(fd, 'w') as handle:
+            handle.write(''.join(line + '\n' for line in lines))
+        return _run([pg_restore, '--use-list', list_path, '--file', '-', dump_path], {},
+                    'pg_restore of schema entries').stdout.decode('utf-8', 'replace')
+    finally:
+        os.unlink(list_path)
 
 
 def _skip_existing_schemas(destination, dbname, dump_path, bindir=None):
@@ -167,11 +175,19 @@ def _skip_existing_schemas(destination, dbname, dump_path, bindir=None):
     return list_path
 
 
-def restore_section(destination, dbname, dump_path, section, jobs=1, clean=False, keep_owners=False, bindir=None):
+def restore_section(destination, dbname, dump_path, section, jobs=1, clean=False, keep_owners=False, bindir=None,
+                    skip=None):
     """pg_restore one section of the dump into the destination database.
 
-    pre-data leaves out CREATE SCHEMA of schemas that already exist there (pg_dump --schema=public emits one)."""
-    list_path = _skip_existing_schemas(destination, dbname, dump_path, bindir) if section == 'pre-data' else None
+    pre-data leaves out CREATE SCHEMA of schemas that already exist there (pg_dump --schema=public emits one).
+    `skip`: TOC lines (of toc_entries) to leave out, e.g. post-data objects already built."""
+    if section == 'pre-data':
+        list_path = _skip_existing_schemas(destination, dbname, dump_path, bindir)
+    elif skip:
+        list_path = _write_list(dump_path, [(';' + e.line if e.line in skip else e.line)
+                                            for e in toc_entries(dump_path, bindir)])
+    else:
+        list_path = None
     try:
         _restore_section(destination, dbname, dump_path, section, jobs, clean, keep_owners, bindir, list_path)
     finally:
@@ -190,10 +206,141 @@ def _restore_section(destination, dbname, dump_path, section, jobs, clean, keep_
     if not keep_owners:
         argv += ['--no-owner', '--no-privileges']
     argv.append(dump_path)
+    _run(argv, _restore_env(destination, dbname), 'restoring %s of "%s"' % (section, dbname))
+
+
+# Sessions of pg_restore: commits need not wait for their WAL flush (thousands of small DDL transactions). Nothing is
+# lost by a crash: the step is recorded done in the state database on the same server afterwards, by a synchronous
+# commit, which flushes the WAL of everything before it.
+RESTORE_OPTIONS = WRITER_OPTIONS + ' -c synchronous_commit=off'
+
+
+def _restore_env(destination, dbname):
     env = destination.libpq_env(dbname, 'pgdts-schema')
     env.pop('PGDATABASE', None)
-    env['PGOPTIONS'] = WRITER_OPTIONS
-    _run(argv, env, 'restoring %s of "%s"' % (section, dbname))
+    env['PGOPTIONS'] = RESTORE_OPTIONS
+    return env
+
+
+def _write_list(dump_path, lines):
+    fd, list_path = tempfile.mkstemp(suffix='.list', dir=os.path.dirname(os.path.abspath(dump_path)))
+    with os.fdopen(fd, 'w') as handle:
+        handle.write(''.join(line + '\n' for line in lines))
+    return list_path
+
+
+# -- post-data objects of one table, built as soon as the table's data is complete -----------------------------
+
+class TocEntry:
+    __slots__ = ('dump_id', 'classoid', 'objoid', 'line')
+
+    def __init__(self, dump_id, classoid, objoid, line):
+        self.dump_id = dump_id
+        self.classoid = classoid
+        self.objoid = objoid
+        self.line = line
+
+
+_TOC_LINE = re.compile(r'^(\d+); (\d+) (\d+) ')
+
+
+def toc_entries(dump_path, bindir=None):
+    """Every entry of the dump's table of contents (pg_restore --list), in order."""
+    listing = _run([client_program('pg_restore', bindir), '--list', dump_path], {},
+                   'pg_restore --list').stdout.decode('utf-8', 'replace')
+    entries = []
+    for line in listing.splitlines():
+        found = _TOC_LINE.match(line)
+        if found:
+            entries.append(TocEntry(int(found.group(1)), int(found.group(2)), int(found.group(3)), line))
+    return entries
+
+
+# Indexes, primary key / unique / exclusion constraints and extended statistics of plain tables (not partitions):
+# each belongs to its table alone. (catalog, object oid) -> table oid, schema, object name (the index's name for a
+# constraint), table name. Triggers, rules, policies and foreign keys are left for the end: a trigger would fire on a
+# table copied again after a restart, a foreign key needs two tables.
+_TABLE_OBJECTS = """
+SELECT 'pg_catalog.pg_class'::regclass::oid, i.indexrelid, i.indrelid, n.nspname, ic.relname, tc.relname
+  FROM pg_catalog.pg_index i
+  JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+  JOIN pg_catalog.pg_class tc ON tc.oid = i.indrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = ic.relnamespace
+ WHERE tc.oid >= 16384 AND tc.relkind = 'r' AND NOT tc.relispartition
+UNION ALL
+SELECT 'pg_catalog.pg_constraint'::regclass::oid, k.oid, k.conrelid, n.nspname, ic.relname, tc.relname
+  FROM pg_catalog.pg_constraint k
+  JOIN pg_catalog.pg_class ic ON ic.oid = k.conindid
+  JOIN pg_catalog.pg_class tc ON tc.oid = k.conrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = ic.relnamespace
+ WHERE k.contype IN ('p', 'u', 'x') AND tc.oid >= 16384 AND tc.relkind = 'r' AND NOT tc.relispartition
+UNION ALL
+SELECT 'pg_catalog.pg_statistic_ext'::regclass::oid, s.oid, s.stxrelid, n.nspname, s.stxname, tc.relname
+  FROM pg_catalog.pg_statistic_ext s
+  JOIN pg_catalog.pg_class tc ON tc.oid = s.stxrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = s.stxnamespace
+ WHERE tc.oid >= 16384 AND tc.relkind = 'r' AND NOT tc.relispartition
+"""
+
+_EXISTING_OBJECTS = """
+SELECT n.nspname, ic.relname, tc.relname
+  FROM pg_catalog.pg_index i
+  JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+  JOIN pg_catalog.pg_class tc ON tc.oid = i.indrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = ic.relnamespace
+ WHERE tc.oid >= 16384
+UNION ALL
+SELECT n.nspname, s.stxname, tc.relname
+  FROM pg_catalog.pg_statistic_ext s
+  JOIN pg_catalog.pg_class tc ON tc.oid = s.stxrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = s.stxnamespace
+"""
+
+
+def table_post_data(src_conn, dst_conn, entries):
+    """({table oid: [TOC lines]}, {TOC lines already on the destination}) for the post-data entries that belong
+    to one plain table (indexes, primary key / unique / exclusion constraints, statistics objects).
+
+    Entries are matched to catalog objects of the source by their (catalog oid, object oid) from the TOC; an object
+    counts as already built when the destination has it by schema, name and table."""
+    objects = {(r[0], r[1]): r[2:] for r in query_all(src_conn, _TABLE_OBJECTS)}
+    existing = {tuple(r) for r in query_all(dst_conn, _EXISTING_OBJECTS)}
+    by_table, built = {}, set()
+    for entry in entries:
+        found = objects.get((entry.classoid, entry.objoid))
+        if found is None:
+            continue
+        table_oid, nspname, name, table_name = found
+        if (nspname, name, table_name) in existing:
+            built.add(entry.line)
+        else:
+            by_table.setdefault(table_oid, []).append(entry.line)
+    return by_table, built
+
+
+def restore_entries(destination, dbname, dump_path, lines, jobs=1, keep_owners=False, bindir=None, started=None):
+    """pg_restore just these TOC lines of the dump (in dump order). `started(proc)` gets the running process (so
+    that a caller may stop it). Raises SchemaError."""
+    list_path = _write_list(dump_path, lines)
+    try:
+        argv = [client_program('pg_restore', bindir), '--dbname', dbname, '--exit-on-error', '--use-list', list_path]
+        if jobs and jobs > 1 and len(lines) > 1:
+            argv += ['--jobs', str(min(jobs, len(lines)))]
+        if not keep_owners:
+            argv += ['--no-owner', '--no-privileges']
+        argv.append(dump_path)
+        merged = dict(os.environ)
+        merged.update(_restore_env(destination, dbname))
+        proc = subprocess.Popen(argv, env=merged, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        if started:
+            started(proc)
+        err = proc.communicate()[1].decode('utf-8', 'replace').strip().splitlines()
+        if proc.returncode != 0:
+            errors = [line for line in err if 'error' in line.lower()] or err
+            raise SchemaError('restoring indexes failed: %s' % (' | '.join(errors[:5]) or 'exit code %d' % proc.returncode))
+    finally:
+        os.unlink(list_path)
 
 
 def dump_roles(source, out_path, bindir=None):
@@ -212,22 +359,32 @@ def restore_roles(destination, roles_sql_path, bindir=None):
     subprocess.run(argv, env=merged, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
 
+SEQUENCE_BATCH = 200
+
+
 def read_sequences(conn, sequences):
-    """(schema, name) -> (last_value, is_called) read in the connection's current snapshot."""
+    """(schema, name) -> (last_value, is_called) read in the connection's current snapshot (one query per
+    SEQUENCE_BATCH sequences)."""
     values = {}
-    for schema, name in sequences:
-        row = query_one(conn, sql.SQL('SELECT last_value, is_called FROM {}').format(sql.Identifier(schema, name)))
-        values[(schema, name)] = (row[0], row[1])
+    sequences = list(sequences)
+    for start in range(0, len(sequences), SEQUENCE_BATCH):
+        batch = sequences[start:start + SEQUENCE_BATCH]
+        query = sql.SQL(' UNION ALL ').join(
+            sql.SQL('SELECT {}::int, last_value, is_called FROM {}').format(sql.Literal(n), sql.Identifier(schema, name))
+            for n, (schema, name) in enumerate(batch))
+        for n, last_value, is_called in query_all(conn, query):
+            values[batch[n]] = (last_value, is_called)
     return values
 
 
 def write_sequences(conn, values):
-    """Set destination sequences; returns the list of what was set."""
+    """Set destination sequences (pipelined); returns the list of what was set."""
     done = []
-    for (schema, name), (last_value, is_called) in sorted(values.items()):
-        conn.execute('SELECT pg_catalog.setval(%s::regclass, %s, %s)',
-                     (sql.Identifier(schema, name).as_string(conn), last_value, is_called))
-        done.append({'schema': schema, 'sequence': name, 'last_value': last_value, 'is_called': is_called})
+    with conn.pipeline():
+        for (schema, name), (last_value, is_called) in sorted(values.items()):
+            conn.execute('SELECT pg_catalog.setval(%s::regclass, %s, %s)',
+                         (sql.Identifier(schema, name).as_string(conn), last_value, is_called))
+            done.append({'schema': schema, 'sequence': name, 'last_value': last_value, 'is_called': is_called})
     return done
 
 

@@ -364,6 +364,17 @@ class Finisher:
         if control.check_mode:
             return control.result(store, True, 'finished', 'task %s would be finished' % self.name,
                                   after_stage='finished')
+        if not store.try_finish_lock(self.name):
+            raise TaskControlError('another pg_dts_finish is running for task %s (it holds the task\'s finish lock on '
+                                   'the destination); wait for it to end, then run this again' % self.name,
+                                   task=control.report(store))
+        try:
+            return self._run(store)
+        finally:
+            store.release_finish_lock(self.name)
+
+    def _run(self, store):
+        control = self.control
         if not worker.worker_pid(control.paths):
             control.spawn(store)
         databases = [d['dbname'] for d in store.databases(self.name)]

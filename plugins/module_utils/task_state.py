@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zlib
 
 TASK_NAME_RE = re.compile(r'^[a-z][a-z0-9_]{0,39}$')
 STATE_DATABASE = 'pgdts'
@@ -110,6 +111,13 @@ _STATE_DDL = (
 
 # advisory lock key held while the state tables are created ('pgdts' as an integer)
 _STATE_DDL_LOCK = 0x7067647473
+_FINISH_LOCK_CLASS = 0x70676466      # 'pgdf': advisory locks (class, key) of pg_dts_finish, one key per task
+
+
+def _lock_key(task):
+    """A stable int4 key of a task name."""
+    value = zlib.crc32(task.encode('utf-8'))
+    return value - (1 << 32) if value >= (1 << 31) else value
 
 
 def lsn_text(value):
@@ -161,6 +169,16 @@ class TaskStore:
                 for ddl in _STATE_DDL:
                     self.conn.execute(ddl)
         return True
+
+    def try_finish_lock(self, task):
+        """Take the task's finish lock (a session advisory lock on the state database); False when another session
+        holds it. Held until release_finish_lock() or the end of this store's connection."""
+        return bool(self.conn.execute('SELECT pg_catalog.pg_try_advisory_lock(%s, %s)',
+                                      (_FINISH_LOCK_CLASS, _lock_key(task))).fetchone()[0])
+
+    def release_finish_lock(self, task):
+        if self.conn is not None and not self.conn.closed:
+            self.conn.execute('SELECT pg_catalog.pg_advisory_unlock(%s, %s)', (_FINISH_LOCK_CLASS, _lock_key(task)))
 
     def close(self):
         if self.conn is not None:
@@ -287,6 +305,19 @@ class TaskStore:
                           "finished_at = now() "
                           "WHERE task = %s AND dbname = %s AND schema_name = %s AND table_name = %s",
                           (rows, nbytes, lsn_text(copy_lsn), task, dbname, table.schema, table.name))
+
+    def tables_copied(self, task, dbname, copied, copy_lsn):
+        """table_copied for several tables in one statement; copied = [(table, rows, bytes)]."""
+        if not copied:
+            return
+        self.conn.execute("UPDATE pgdts.task_table t SET state = 'copied', rows = c.rows, bytes = c.bytes, "
+                          "copy_lsn = %s::pg_lsn, finished_at = now() "
+                          "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[]) "
+                          "AS c(schema_name, table_name, rows, bytes) "
+                          "WHERE t.task = %s AND t.dbname = %s AND t.schema_name = c.schema_name "
+                          "AND t.table_name = c.table_name",
+                          (lsn_text(copy_lsn), [t.schema for t, _r, _b in copied], [t.name for t, _r, _b in copied],
+                           [r for _t, r, _b in copied], [b for _t, _r, b in copied], task, dbname))
 
     def reset_unfinished_tables(self, task, dbname):
         self.conn.execute("UPDATE pgdts.task_table SET state = 'pending', rows = 0, bytes = 0, started_at = NULL "

@@ -10,6 +10,7 @@ passwords from the 0600 `credentials.json`, and keeps its durable state on the d
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import errno
 import fcntl
@@ -28,13 +29,15 @@ from ansible_collections.pgdts.migration.plugins.module_utils import catalog, sc
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import (
     WRITER_OPTIONS, ConnectionFailure, ServerSpec, connect, query_value, sql,
 )
-from ansible_collections.pgdts.migration.plugins.module_utils.copy import CopyError, ParallelCopy, plan_items, table_pages
+from ansible_collections.pgdts.migration.plugins.module_utils.copy import ParallelCopy, plan_items, table_pages
 from ansible_collections.pgdts.migration.plugins.module_utils.task_state import TaskStore, lsn_int, lsn_text
 
 PACKAGE = 'ansible_collections.pgdts.migration.plugins.module_utils'
 ENGINE_MODULES = ('connection', 'catalog', 'checks', 'schema', 'copy', 'decoding', 'apply', 'task_state', 'worker',
                   'compare')
 HEARTBEAT_SECONDS = 5
+# Reading through the SQL functions: advance the slot at most this often (an advance decodes from restart_lsn again).
+SQL_ADVANCE_SECONDS = 2.0
 WATCH_SECONDS = 0.25
 
 
@@ -230,6 +233,11 @@ def release_task_objects(source, destination, task, databases, drop_destination=
 # connections.
 _LOST_SQLSTATES = ('57P01', '57P02', '57P03', '53300')
 _LOST_KINDS = ('unreachable', 'timeout', 'starting_up', 'too_many_connections', 'error')
+# The source refuses the sync a replication connection (role, pg_hba.conf, max_wal_senders): read through SQL instead.
+_REPLICATION_REFUSED = re.compile(r'must be superuser or replication role|permission denied to start WAL sender|'
+                                  r'REPLICATION attribute|exceeds max_wal_senders|'
+                                  r'(no pg_hba\.conf entry for|pg_hba\.conf rejects) replication connection',
+                                  re.I)
 # The same, as libpq and the client programs (pg_dump, pg_restore, psql) word it in the errors other layers wrap.
 _LOST_TEXT = re.compile(r'terminating connection due to|server closed the connection|connection is (lost|closed)|'
                         r'Connection refused|could not connect to server|connection to server .* failed|'
@@ -302,6 +310,7 @@ class TaskRunner:
         self.request_lsn = None
         self.log_handle = open(paths.log, 'a', buffering=1)
         self._watch = None
+        self.analyzed_during_copy = {}     # dbname -> tables analyzed right after their copy (this worker's run)
 
     # -- logging -------------------------------------------------------------------------------------------------
     def log(self, message):
@@ -500,15 +509,18 @@ class TaskRunner:
             whole = not self.spec.get('tables') and not self.spec.get('exclude_tables')
             schema.dump_schema(self.source, dbname, snapshot, schema.dump_arguments(all_tables, chosen, whole), dump_path,
                                keep_owners=self.spec.get('migrate_roles', False), server_major=major)
+            self.log('database "%s": schema dumped' % dbname)
             with open(dump_path, 'rb') as handle:
                 self.store.update_database(self.name, dbname, schema_dump=handle.read())
-            schema.restore_section(self.destination, dbname, dump_path, 'pre-data', clean=retry,
-                                   keep_owners=self.spec.get('migrate_roles', False))
-            os.unlink(dump_path)
-            self.store.update_database(self.name, dbname, schema_done=True)
-            self.event('database "%s": schema (pre-data) restored' % dbname)
-            self.store.set_stage(self.name, 'copy')
-            self.copy_tables(dbname, chosen, snapshot, lsn, exporting=repl)
+            try:
+                schema.restore_section(self.destination, dbname, dump_path, 'pre-data', clean=retry,
+                                       keep_owners=self.spec.get('migrate_roles', False))
+                self.store.update_database(self.name, dbname, schema_done=True)
+                self.event('database "%s": schema (pre-data) restored' % dbname)
+                self.store.set_stage(self.name, 'copy')
+                self.copy_tables(dbname, chosen, snapshot, lsn, exporting=repl, dump_path=dump_path, fresh=True)
+            finally:
+                os.unlink(dump_path)
         finally:
             repl.close()
 
@@ -535,48 +547,95 @@ class TaskRunner:
             temp_name = task_state.temporary_slot_name(self.name, dbname, int(time.time()) % 100000)
             lsn, snapshot = decoding.create_slot_with_snapshot(repl, temp_name, self.spec.get('plugin', 'pgoutput'),
                                                                temporary=True)
-            self.copy_tables(dbname, pending, snapshot, lsn, exporting=repl)
+            dump = self.store.schema_dump(self.name, dbname)
+            dump_path = None
+            if dump:
+                dump_path = schema.temp_dump_path(self.paths.work, task_state.database_tag(dbname))
+                with open(dump_path, 'wb') as handle:
+                    handle.write(dump)
+            try:
+                self.copy_tables(dbname, pending, snapshot, lsn, exporting=repl, dump_path=dump_path)
+            finally:
+                if dump_path:
+                    os.unlink(dump_path)
         finally:
             repl.close()
 
-    def copy_tables(self, dbname, tables, snapshot, copy_lsn, exporting):
+    def copy_tables(self, dbname, tables, snapshot, copy_lsn, exporting, dump_path=None, fresh=False):
+        """COPY the tables; meanwhile each copied table gets its own indexes and constraints (from the dump) and is
+        analyzed, so that the post-data step at the end has little left. fresh: the schema restore of this attempt
+        has just created every table (empty)."""
+        from ansible_collections.pgdts.migration.plugins.module_utils import copy as copy_mod
         jobs = int(self.spec.get('jobs', 4))
+        keep_owners = self.spec.get('migrate_roles', False)
+        plan = {}
         with connect(self.source, dbname, application_name='pgdts-worker') as src:
             pages = table_pages(src, tables)
+            if dump_path:
+                with connect(self.destination, dbname, application_name='pgdts-worker') as dst:
+                    plan, _built = schema.table_post_data(src, dst, schema.toc_entries(dump_path))
         items = plan_items(tables, pages, jobs)
         store = self.store
+        copied = copy_mod.CopiedBatch(lambda batch: store.tables_copied(self.name, dbname, batch, copy_lsn))
+        builder = None
+        if dump_path:
+            builder = copy_mod.IndexBuilder(
+                plan, lambda lines, started: schema.restore_entries(self.destination, dbname, dump_path, lines, jobs=jobs,
+                                                                    keep_owners=keep_owners, started=started),
+                lambda: connect(self.destination, dbname, application_name='pgdts-analyze', options=WRITER_OPTIONS),
+                stop_event=self.stop_event, log=self.log)
 
         def started(table):
-            store.table_started(self.name, dbname, table)
+            # a small table is copied before anyone could see it in the status; only large ones are shown copying
+            if (table.size_bytes or 0) >= copy_mod.STREAM_READER_BYTES:
+                store.table_started(self.name, dbname, table)
 
         def progress(table, delta):
             store.table_progress(self.name, dbname, table, delta)
 
         def done(table, rows, nbytes):
-            store.table_copied(self.name, dbname, table, rows, nbytes, copy_lsn)
+            copied.add(table, rows, nbytes)
             self.log('copied %s.%s: %d rows, %d bytes' % (dbname, table.qualified, rows, nbytes))
+            if builder is not None:
+                builder.table_done(table)
 
         try:
             psql = schema.client_program('psql')
         except schema.SchemaError:
             psql = None
         copier = ParallelCopy(self.source, self.destination, dbname, snapshot, jobs, started, progress, done,
-                              stop_event=self.stop_event, log=self.log, psql=psql)
+                              stop_event=self.stop_event, log=self.log, psql=psql, fresh=fresh)
         try:
             copier.run(items)
-        except CopyError:
+        except BaseException:
+            if builder is not None:
+                builder.close(abort=True)
+            try:
+                copied.flush()      # what was copied stays copied
+            except Exception as exc:  # pylint: disable=broad-except
+                self.log('could not record copied tables: %s' % first_line(exc))
             self.check_stop()
             raise
+        try:
+            copied.flush()
+        except BaseException:
+            if builder is not None:
+                builder.close(abort=True)
+            raise
+        if builder is not None:
+            builder.close()
+            self.analyzed_during_copy.setdefault(dbname, set()).update(builder.analyzed)
+            self.log('database "%s": %d index/constraint entries built (%d batches) and %d table(s) analyzed during '
+                     'the copy' % (dbname, builder.built, builder.batches, len(builder.analyzed)))
         self.check_stop()
         # partitioned parents have no rows of their own; mark them copied
-        for table in tables:
-            if not table.has_storage:
-                store.table_copied(self.name, dbname, table, 0, 0, copy_lsn)
+        store.tables_copied(self.name, dbname, [(t, 0, 0) for t in tables if not t.has_storage], copy_lsn)
         self.event('database "%s": %d table(s) copied' % (dbname, len(tables)))
 
     # -- indexes, sequences, analyze -----------------------------------------------------------------------------
     def build_indexes(self):
         jobs = int(self.spec.get('jobs', 4))
+        keep_owners = self.spec.get('migrate_roles', False)
         for row in self.store.databases(self.name):
             self.check_stop()
             dbname = row['dbname']
@@ -587,19 +646,61 @@ class TaskRunner:
             with open(dump_path, 'wb') as handle:
                 handle.write(dump)
             try:
-                schema.restore_section(self.destination, dbname, dump_path, 'post-data', jobs=jobs,
-                                       keep_owners=self.spec.get('migrate_roles', False))
-            except schema.SchemaError:
-                # A retry after a crash may find part of the post-data already built: restore with --clean.
-                schema.restore_section(self.destination, dbname, dump_path, 'post-data', jobs=jobs, clean=True,
-                                       keep_owners=self.spec.get('migrate_roles', False))
+                # indexes and constraints built during the copy (or by an interrupted earlier attempt) are left out
+                with connect(self.source, dbname, application_name='pgdts-worker') as src, \
+                        connect(self.destination, dbname, application_name='pgdts-worker') as dst:
+                    _plan, built = schema.table_post_data(src, dst, schema.toc_entries(dump_path))
+                try:
+                    schema.restore_section(self.destination, dbname, dump_path, 'post-data', jobs=jobs,
+                                           keep_owners=keep_owners, skip=built)
+                except schema.SchemaError:
+                    # A retry after a crash may find part of the post-data already built: restore with --clean.
+                    schema.restore_section(self.destination, dbname, dump_path, 'post-data', jobs=jobs, clean=True,
+                                           keep_owners=keep_owners)
             finally:
                 os.unlink(dump_path)
+            self.log('database "%s": post-data restored' % dbname)
             schemas = sorted({r['schema'] for r in self.store.tables(self.name, dbname)})
             schema.sync_sequences(self.source, self.destination, dbname, schemas)
-            schema.analyze_database(self.destination, dbname)
+            self.log('database "%s": sequences set' % dbname)
+            self._analyze_rest(dbname, jobs)
             self.store.update_database(self.name, dbname, index_done=True)
             self.event('database "%s": indexes and constraints built, sequences set, analyzed' % dbname)
+
+    def _analyze_rest(self, dbname, jobs):
+        """ANALYZE what the copy did not: everything (one session) when nothing was analyzed during the copy, else
+        the other tables of the task (partitions, partitioned parents, tables whose indexes were built only now),
+        by up to `jobs` sessions."""
+        analyzed = self.analyzed_during_copy.get(dbname)
+        if not analyzed:
+            schema.analyze_database(self.destination, dbname)
+            return
+        rest = [(r['schema'], r['table']) for r in self.store.tables(self.name, dbname)
+                if '%s.%s' % (r['schema'], r['table']) not in analyzed]
+        if not rest:
+            return
+        work = list(rest)
+        lock = threading.Lock()
+
+        def analyze():
+            with connect(self.destination, dbname, application_name='pgdts-analyze', options=WRITER_OPTIONS) as conn:
+                while True:
+                    with lock:
+                        if not work:
+                            return
+                        name = work.pop()
+                    conn.execute(sql.SQL('ANALYZE {}').format(sql.Identifier(*name)))
+
+        errors = []
+
+        def guarded():
+            try:
+                analyze()
+            except Exception as exc:  # pylint: disable=broad-except
+                errors.append(exc)
+
+        run_threads([threading.Thread(target=guarded, name='analyze-%d' % n, daemon=True)
+                     for n in range(max(1, min(jobs, len(rest))))], errors)
 
     def end_without_sync(self):
         databases = [r['dbname'] for r in self.store.databases(self.name)]
@@ -621,12 +722,7 @@ class TaskRunner:
         threads = [threading.Thread(target=self._sync_guard, args=(dbname, errors), name='sync-%s' % dbname,
                                     daemon=True) for dbname in databases]
         self.event('incremental sync running for %d database(s)' % len(databases))
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if errors:
-            raise errors[0]
+        run_threads(threads, errors)
         self.check_stop()
 
     def _sync_guard(self, dbname, errors):
@@ -719,63 +815,126 @@ class SyncLoop:
             self._session(store)
 
     def _session(self, store):
-        from ansible_collections.pgdts.migration.plugins.module_utils import apply, decoding
+        from ansible_collections.pgdts.migration.plugins.module_utils import apply
         runner = self.runner
         copy_lsn = {(r['schema'], r['table']): lsn_int(r['copy_lsn']) or 0 for r in store.tables(runner.name, self.dbname)}
         with connect(runner.source, self.dbname, application_name='pgdts-decode', options=WRITER_OPTIONS) as src, \
                 connect(runner.destination, self.dbname, autocommit=False, application_name='pgdts-apply',
                         options=WRITER_OPTIONS) as dst:
             metas = self.table_metas(src)
-            reader = decoding.SlotReader(src, self.name, runner.spec.get('plugin', 'pgoutput'),
-                                         publication=self.name, tables=list(metas))
             applier = apply.Applier(dst, self.name, metas, copy_lsn)
             applier.setup()
             runner.log('database "%s": applying from origin position %s' % (self.dbname, lsn_text(applier.applied_lsn())))
-            window_start, window_txns = time.time(), 0
-            previous = [d for d in store.databases(runner.name) if d['dbname'] == self.dbname][0]
-            totals = {'transactions': previous['applied_transactions'], 'changes': previous['applied_changes']}
-            last_commit_time = None
+            reader = self.open_reader(src, metas)
+            try:
+                self._loop(store, src, reader, applier)
+            finally:
+                reader.close()
+
+    def open_reader(self, src, metas):
+        """The replication stream of the task's slot, or the SQL peek functions when the source refuses this session a
+        replication connection (the REPLICATION attribute, or every max_wal_senders slot taken)."""
+        from ansible_collections.pgdts.migration.plugins.module_utils import decoding
+        plugin = self.runner.spec.get('plugin', 'pgoutput')
+        try:
+            repl = connect(self.runner.source, self.dbname, application_name='pgdts-stream', replication='database')
+        except ConnectionFailure as exc:
+            if exc.kind in _LOST_KINDS and not _REPLICATION_REFUSED.search(str(exc)):
+                raise
+            self.runner.log('database "%s": no replication connection (%s); reading the slot through the SQL '
+                            'functions for this session' % (self.dbname, first_line(exc)))
+        else:
+            try:
+                return decoding.StreamReader(src, repl, self.name, plugin, publication=self.name, tables=list(metas),
+                                             queue_changes=max(4 * self.batch_changes, 50000))
+            except BaseException:
+                repl.close()
+                raise
+        return decoding.SlotReader(src, self.name, plugin, publication=self.name, tables=list(metas),
+                                   advance_interval=SQL_ADVANCE_SECONDS)
+
+    def _loop(self, store, src, reader, applier):
+        """Read, apply, confirm. With the replication stream, batch N+1 is read and its statements are built while
+        batch N is applied (one apply thread, so the destination still sees one batch after the other)."""
+        runner = self.runner
+        streaming = getattr(reader, 'streaming', False)
+        previous = [d for d in store.databases(runner.name) if d['dbname'] == self.dbname][0]
+        progress = {'transactions': previous['applied_transactions'], 'changes': previous['applied_changes'],
+                    'last_commit_time': None, 'window_start': time.time(), 'window_txns': 0}
+
+        def apply_batch(transactions, plan):
+            result = applier.apply(transactions, plan)
+            if result['transactions']:
+                # The apply session commits asynchronously: flush the destination's WAL up to the origin position
+                # before the source slot may move past what it applied (else a destination crash loses it).
+                applier.applied_lsn()
+            return result
+
+        executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='pgdts-apply') if streaming else None
+        pending = None      # (future, transactions, complete, end) of the batch being applied
+        try:
             while True:
                 runner.check_stop()
                 end = lsn_int(query_value(src, 'SELECT pg_catalog.pg_current_wal_flush_lsn()::text'))
                 transactions, complete = reader.read(upto_lsn=end, max_changes=self.batch_changes)
-                result = None
-                if transactions:
-                    result = applier.apply(transactions)
-                    totals['transactions'] += result['transactions']
-                    totals['changes'] += result['changes']
-                    window_txns += result['transactions']
-                    if result.get('last_commit_time'):
-                        last_commit_time = result['last_commit_time']
-                if complete:
-                    confirmed = end
-                elif transactions:
-                    confirmed = max(t.end_lsn or t.commit_lsn for t in transactions)
+                plan = applier.plan(transactions) if executor is not None and transactions else None
+                if pending is not None:
+                    future, done_txns, done_complete, done_end = pending
+                    pending = None
+                    self._settle(store, reader, progress, future.result(), done_txns, done_complete, done_end)
+                if not transactions:
+                    self._settle(store, reader, progress, None, transactions, complete, end)
+                    if complete and not streaming:
+                        runner.stop_event.wait(self.poll_seconds)
+                elif executor is None:
+                    self._settle(store, reader, progress, apply_batch(transactions, None), transactions, complete, end)
                 else:
-                    confirmed = None
-                if result is not None and result['transactions']:
-                    # The apply session commits asynchronously: flush the destination's WAL up to the origin
-                    # position before the source slot may move past what it applied (else a destination crash loses it).
-                    applier.applied_lsn()
-                if confirmed is not None:
-                    reader.confirm(confirmed)
-                now = time.time()
-                values = {'source_lsn': end}
-                if confirmed is not None:
-                    values['synced_lsn'] = confirmed
-                if last_commit_time is not None:
-                    values['last_commit_time'] = last_commit_time
-                if complete:
-                    values['caught_up_at'] = datetime.datetime.now(datetime.timezone.utc)
-                if now - window_start >= 2.0:
-                    values['tps'] = window_txns / (now - window_start)
-                    window_start, window_txns = now, 0
-                if result is not None:
-                    values['applied_transactions'] = totals['transactions']
-                    values['applied_changes'] = totals['changes']
-                store.update_database(runner.name, self.dbname, **values)
-                if complete and not transactions:
-                    runner.stop_event.wait(self.poll_seconds)
+                    pending = (executor.submit(apply_batch, transactions, plan), transactions, complete, end)
+        finally:
+            if executor is not None:
+                executor.shutdown(wait=True)
+
+    def _settle(self, store, reader, progress, result, transactions, complete, end):
+        """After a batch was applied (or nothing was read): confirm it to the reader and record the progress."""
+        if result is not None:
+            progress['transactions'] += result['transactions']
+            progress['changes'] += result['changes']
+            progress['window_txns'] += result['transactions']
+            if result.get('last_commit_time'):
+                progress['last_commit_time'] = result['last_commit_time']
+        if complete:
+            confirmed = end
+        elif transactions:
+            confirmed = max(t.end_lsn or t.commit_lsn for t in transactions)
+        else:
+            confirmed = None
+        if confirmed is not None:
+            reader.confirm(confirmed)
+        now = time.time()
+        values = {'source_lsn': end}
+        if confirmed is not None:
+            values['synced_lsn'] = confirmed
+        if progress['last_commit_time'] is not None:
+            values['last_commit_time'] = progress['last_commit_time']
+        if complete:
+            values['caught_up_at'] = datetime.datetime.now(datetime.timezone.utc)
+        if now - progress['window_start'] >= 2.0:
+            values['tps'] = progress['window_txns'] / (now - progress['window_start'])
+            progress['window_start'], progress['window_txns'] = now, 0
+        if result is not None:
+            values['applied_transactions'] = progress['transactions']
+            values['applied_changes'] = progress['changes']
+        store.update_database(self.runner.name, self.dbname, **values)
+
+
+def run_threads(threads, errors):
+    """Start the threads, wait for all of them, then raise the first error they put into `errors`."""
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
 def error_record(exc, stage):

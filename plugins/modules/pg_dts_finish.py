@@ -17,6 +17,7 @@ description:
   - A mismatch with O(on_mismatch=fail) keeps the task and the sync as they are, lifts the fence and fails with the
     comparison in the result.
   - Running it again on a finished task returns the summary with RV(ignore:changed=false).
+  - One finish of a task runs at a time. A second run while one is going on fails at once and changes nothing.
 author: pgdts developers (@pgdts)
 extends_documentation_fragment:
   - pgdts.migration.connection.source

@@ -18,6 +18,9 @@ description:
   - Idempotent. Running it again reports the progress of a running task with RV(ignore:changed=false), resumes a task
     whose worker died or failed (without copying finished tables again), and never starts a second copy.
   - Durable task state lives on the destination in the database C(pgdts).
+  - The incremental sync streams each database's replication slot over a replication connection (one walsender per
+    database, as the checks count for C(max_wal_senders)). When the source refuses that connection, the worker
+    reads the slot through the SQL functions instead, which is slower, and says so in its log.
   - O(state=absent) cancels the task, stops its worker, and drops its replication slots, publications and replication
     origins; with O(drop_destination=true) it also removes what the task created on the destination.
 author: pgdts developers (@pgdts)
@@ -190,7 +193,8 @@ task:
       description: Tables, tables copied, rows, bytes, estimated bytes, percent and ETA in seconds of the full copy.
       type: dict
     tables:
-      description: Per table, its state (pending, copying, copied), rows, bytes, percent and the LSN it was copied at.
+      description: Per table, its state (pending, copying, copied; tables under 8 MB go from pending to copied), rows, bytes,
+        percent and the LSN it was copied at.
       type: list
       elements: dict
     lag_bytes:

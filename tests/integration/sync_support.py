@@ -264,3 +264,26 @@ def current_flush_lsn(cluster, dbname):
             return target
         time.sleep(0.05)
     raise AssertionError('the WAL was not flushed')
+
+
+def drop_origins_and_slots(source, dest):
+    """Origins and slots use shared memory slots (max_replication_slots): a test drops its own, even when it failed."""
+    with dest.connect() as conn:
+        for (name,) in conn.execute('SELECT roname FROM pg_replication_origin').fetchall():
+            pgapply.drop_origin(conn, name)
+    for slot, dbname in source.execute('SELECT slot_name, database FROM pg_replication_slots'):
+        with source.connect(dbname) as conn:
+            decoding.drop_slot(conn, slot)
+
+
+def prepare(source, dest, dbname, plugin, numbers=False, extra_source=(), extra_dest=()):
+    """The tricky schema on both sides, a slot (and publication for pgoutput) on the source: (tables, slot, copy LSN)."""
+    statements = [SCHEMA_SQL, INITIAL_SQL] + ([NUMBERS_SQL] if numbers else [])
+    recreate(source, dbname, statements + list(extra_source))
+    recreate(dest, dbname, statements + list(extra_dest))
+    with source.connect(dbname) as conn:
+        tables = metas(conn, dbname)
+    slot = 'slot_%s' % dbname
+    copy_lsn, _snapshot = create_slot(source, dbname, slot, plugin, publication='pub' if plugin == 'pgoutput' else None,
+                                      tables=list(tables))
+    return tables, slot, copy_lsn

@@ -10,32 +10,14 @@ import pytest
 from ansible_collections.pgdts.migration.plugins.module_utils import apply as pgapply
 from ansible_collections.pgdts.migration.plugins.module_utils import decoding
 
-from sync_support import (CHANGES, INITIAL_SQL, NUMBERS_CHANGES, NUMBERS_SQL, SCHEMA_SQL, connect_apply, contents,
-                          create_slot, current_flush_lsn, metas, recreate, run_changes, sync)
+from sync_support import (CHANGES, NUMBERS_CHANGES, connect_apply, contents, current_flush_lsn, drop_origins_and_slots,
+                          prepare, recreate, run_changes, sync)
 
 
 @pytest.fixture(autouse=True)
-def drop_origins_and_slots(source_pg, dest_pg):
-    """Origins and slots use shared memory slots (max_replication_slots): drop this test's, even when it failed."""
+def clean_origins_and_slots(source_pg, dest_pg):
     yield
-    with dest_pg.connect() as conn:
-        for (name,) in conn.execute('SELECT roname FROM pg_replication_origin').fetchall():
-            pgapply.drop_origin(conn, name)
-    for slot, dbname in source_pg.execute('SELECT slot_name, database FROM pg_replication_slots'):
-        with source_pg.connect(dbname) as conn:
-            decoding.drop_slot(conn, slot)
-
-
-def prepare(source, dest, dbname, plugin, numbers=False, extra_source=(), extra_dest=()):
-    statements = [SCHEMA_SQL, INITIAL_SQL] + ([NUMBERS_SQL] if numbers else [])
-    recreate(source, dbname, statements + list(extra_source))
-    recreate(dest, dbname, statements + list(extra_dest))
-    with source.connect(dbname) as conn:
-        tables = metas(conn, dbname)
-    slot = 'slot_%s' % dbname
-    copy_lsn, _snapshot = create_slot(source, dbname, slot, plugin, publication='pub' if plugin == 'pgoutput' else None,
-                                      tables=list(tables))
-    return tables, slot, copy_lsn
+    drop_origins_and_slots(source_pg, dest_pg)
 
 
 def reader_for(source, dbname, slot, plugin, tables, **kwargs):

@@ -78,6 +78,19 @@ def test_mismatch_keeps_the_task_syncing(servers, ansible, tmp_path):
     src.execute("INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 5000) g", dbname='drift')
     args = common(servers, tmp_path, 'drifted')
     start_task(ansible, args, ['drift'])
+    # a finish that is already running (here: a session holding the task's finish lock) makes a second one fail
+    # before it does anything
+    from ansible_collections.pgdts.migration.plugins.module_utils import task_state
+    from ansible_collections.pgdts.migration.plugins.module_utils.connection import ServerSpec
+    with task_state.TaskStore(ServerSpec.from_dict(dst.spec()), 'test-finish-lock') as store:
+        store.open(create=False)
+        assert store.try_finish_lock('drifted')
+        status, refused = ansible.module('pgdts.migration.pg_dts_finish', args)
+        assert status == 'failed', refused
+        assert 'another pg_dts_finish is running' in refused['msg']
+        assert refused['task']['stage'] == 'sync'
+        assert src.value("SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
+                         "WHERE d.datname = 'drift'") == 0     # not fenced
     # a write behind the task's back (bypassing the destination protection on purpose)
     with dst.connect('drift') as conn:
         conn.execute('SET default_transaction_read_only = off')

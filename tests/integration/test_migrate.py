@@ -152,3 +152,55 @@ def test_check_mode_starts_nothing(servers, ansible, tmp_path):
     assert dst.value("SELECT count(*) FROM pg_database WHERE datname = 'dry'") == 0
     assert src.value("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgdts_dry_task%%'") == 0
     assert not (tmp_path / 'workers' / 'dry_task').exists()
+
+
+def test_sync_streams_and_falls_back_to_sql_when_replication_is_refused(servers, ansible, tmp_path):
+    """The sync streams the slot (a walsender of the task is active); when the source has no walsender left for it
+    (max_wal_senders taken), the next session reads through the SQL functions and the data still arrives exactly."""
+    import os
+    import time
+    import psycopg
+    src, dst = servers
+    create_tricky_database(src, 'nostream')
+    args = migrate_args(servers, tmp_path, name='nostream_task', databases=['nostream'], wait='copied',
+                        wait_timeout=300)
+    status, result = ansible.module('pgdts.migration.pg_dts_migrate', args)
+    assert status == 'changed', result
+    slot = [s for s in slots(src) if s.startswith('pgdts_nostream_task')][0]
+    deadline = time.time() + 30
+    while time.time() < deadline and not src.value(
+            "SELECT count(*) FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid "
+            "WHERE s.slot_name = %s AND r.application_name = 'pgdts-stream'", (slot,)):
+        time.sleep(0.1)
+    assert src.value('SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s', (slot,)), \
+        'the sync does not stream the slot'
+    holders = []
+    try:
+        # end the task's stream and take every walsender the source has, before the worker reconnects
+        src.execute('SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = %s', (slot,))
+        refused = 0
+        deadline = time.time() + 2
+        while time.time() < deadline and len(holders) < 50:
+            try:
+                holders.append(psycopg.connect(host=src.host, port=src.port, user='postgres', password=src.password,
+                                               dbname='nostream', replication='database', autocommit=True))
+            except psycopg.OperationalError as exc:
+                assert 'max_wal_senders' in str(exc)
+                refused += 1
+                time.sleep(0.01)
+        assert refused
+        with src.connect('nostream') as conn:
+            conn.execute("INSERT INTO public.kinds (id, feeling, n, f, big) VALUES (30, 'ok', 3.5, 4.5, 'sql path')")
+            conn.execute("DELETE FROM public.child WHERE id <= 5")
+        status, synced = ansible.module('pgdts.migration.pg_dts_migrate', dict(args, wait='synced'))
+        assert status == 'ok', synced
+        assert_same_contents(src, dst, 'nostream')
+        with open(os.path.join(str(tmp_path / 'workers'), 'nostream_task', 'worker.log')) as handle:
+            log = handle.read()
+        assert 'reading the slot through the SQL functions' in log
+    finally:
+        for conn in holders:
+            conn.close()
+    status, cancelled = ansible.module('pgdts.migration.pg_dts_migrate',
+                                       dict(args, state='absent', drop_destination=True))
+    assert status == 'changed', cancelled

@@ -125,8 +125,10 @@ def test_slot_dropped_behind_the_tasks_back(servers, ansible, tmp_path):
         assert status == 'changed', result
         [slot] = task_slots(src, name)
         deadline = time.time() + 30
-        while True:     # the slot is busy only while the worker peeks at it
+        while True:     # what an administrator does: end the walsender streaming the slot, then drop the slot
             try:
+                src.execute('SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots '
+                            'WHERE slot_name = %s AND active_pid IS NOT NULL', (slot,))
                 src.execute('SELECT pg_drop_replication_slot(%s)', (slot,))
                 break
             except Exception:  # pylint: disable=broad-except
