@@ -524,3 +524,33 @@ def create_login_role(cluster, role, password, attributes=''):
         verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(), b'scram-sha-256').decode()
         conn.execute(sql.SQL('CREATE ROLE {} LOGIN {} PASSWORD {}').format(
             sql.Identifier(role), sql.SQL(attributes), sql.Literal(verifier)))
+
+
+# -- task arguments and the final cutover, as the fault tests use them ------------------------------------------------
+
+def task_args(servers, tmp_path, name, dbname, **extra):
+    """pg_dts_migrate arguments of a one-database task between the test servers (jobs 2)."""
+    src, dst = servers
+    args = {'name': name, 'source': src.spec(), 'destination': dst.spec(), 'worker_dir': str(tmp_path / 'workers'),
+            'jobs': 2, 'databases': [dbname]}
+    args.update(extra)
+    return args
+
+
+def finish_args(args):
+    return {k: args[k] for k in ('name', 'source', 'destination', 'worker_dir')}
+
+
+def finish_and_compare(ansible, servers, args, dbname, finished_before=False):
+    """Run pg_dts_finish (it may already have finished when `finished_before`), then judge the destination: every
+    change exactly once, and nothing of the task left on either server."""
+    src, dst = servers
+    status, result = ansible.module(FINISH, finish_args(args))
+    assert status in (('changed', 'ok') if finished_before else ('changed',)), result
+    assert result['task']['stage'] == 'finished'
+    if status == 'changed':
+        assert result['comparison_summary']['mismatch'] == 0
+    rows = assert_exactly_once(src, dst, dbname)
+    print('destination equals source: %d rows' % rows)
+    assert task_slots(src, args['name']) == [] and task_origins(dst, args['name']) == []
+    return result

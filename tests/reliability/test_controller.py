@@ -11,26 +11,14 @@ import time
 import pytest
 
 from tests.reliability.support import (
-    FINISH, MIGRATE, BackgroundPlay, TaskPoller, assert_exactly_once, cleanup_task, create_load_database, kill_worker,
-    play, task_dir, task_origins, task_slots, wait_worker, worker_log, worker_pid, writing,
+    FINISH, MIGRATE, BackgroundPlay, TaskPoller, cleanup_task, create_load_database, finish_and_compare, finish_args,
+    kill_worker, play, task_args, task_dir, wait_worker, worker_log, worker_pid, writing,
 )
 
 
 @pytest.fixture(scope='module')
 def servers(module_pg_factory):
     return module_pg_factory('csrc'), module_pg_factory('cdst')
-
-
-def task_args(servers, tmp_path, name, dbname, **extra):
-    src, dst = servers
-    args = {'name': name, 'source': src.spec(), 'destination': dst.spec(), 'worker_dir': str(tmp_path / 'workers'),
-            'jobs': 2, 'databases': [dbname]}
-    args.update(extra)
-    return args
-
-
-def finish_args(args):
-    return {k: args[k] for k in ('name', 'source', 'destination', 'worker_dir')}
 
 
 def workers_of(worker_dir, task):
@@ -51,16 +39,6 @@ def workers_of(worker_dir, task):
         if any(a.endswith('.worker') for a in argv) and wanted in argv:
             found.append(int(entry))
     return found
-
-
-def finish_and_compare(ansible, servers, args, dbname):
-    src, dst = servers
-    status, result = ansible.module(FINISH, finish_args(args))
-    assert status in ('changed', 'ok'), result
-    assert result['task']['stage'] == 'finished'
-    rows = assert_exactly_once(src, dst, dbname)
-    print('destination equals source: %d rows' % rows)
-    assert task_slots(src, args['name']) == [] and task_origins(dst, args['name']) == []
 
 
 @pytest.mark.slow
@@ -96,7 +74,7 @@ def controller_killed_mid_play_the_worker_carries_on(servers, ansible, tmp_path)
             assert status == 'ok', result
             writer.stop()
             print('writer: %d commits, %d errors' % (writer.commits, writer.errors))
-        finish_and_compare(ansible, servers, args, dbname)
+        finish_and_compare(ansible, servers, args, dbname, finished_before=True)
     except Exception:
         print(worker_log(args['worker_dir'], name)[-6000:])
         raise
@@ -128,7 +106,7 @@ def controller_killed_mid_finish(servers, ansible, tmp_path):
         assert poller.stage() == 'finishing'
         status, result = ansible.module(FINISH, finish_args(args))
         assert status == 'changed', result
-        finish_and_compare(ansible, servers, args, dbname)
+        finish_and_compare(ansible, servers, args, dbname, finished_before=True)
     except Exception:
         print(worker_log(args['worker_dir'], name)[-6000:])
         raise
@@ -166,7 +144,7 @@ def second_worker_by_hand_is_refused(servers, ansible, tmp_path):
             print('writer: %d commits, %d errors' % (writer.commits, writer.errors))
         status, result = ansible.module(MIGRATE, dict(args, wait='synced'))
         assert status == 'ok' and result['action'] == 'reported', result
-        finish_and_compare(ansible, servers, args, dbname)
+        finish_and_compare(ansible, servers, args, dbname, finished_before=True)
     except Exception:
         print(worker_log(args['worker_dir'], name)[-6000:])
         raise
@@ -210,7 +188,7 @@ def test_parallel_plays_start_one_worker(pg_factory, ansible, tmp_path):
             print('writer: %d commits, %d errors' % (writer.commits, writer.errors))
         status, result = ansible.module(MIGRATE, dict(args, wait='synced'))
         assert status == 'ok', result
-        finish_and_compare(ansible, servers, args, dbname)
+        finish_and_compare(ansible, servers, args, dbname, finished_before=True)
     except Exception:
         print(worker_log(args['worker_dir'], name)[-6000:])
         raise

@@ -11,37 +11,14 @@ import time
 import pytest
 
 from tests.reliability.support import (
-    FINISH, MIGRATE, BackgroundPlay, TaskPoller, assert_exactly_once, cleanup_task, create_load_database, play,
-    slot_lag, task_origins, task_slots, wait_worker, worker_log, worker_pid, writing,
+    MIGRATE, BackgroundPlay, TaskPoller, cleanup_task, create_load_database, finish_and_compare, play, slot_lag,
+    task_args, wait_worker, worker_log, worker_pid, writing,
 )
 
 
 @pytest.fixture(scope='module')
 def servers(module_pg_factory):
     return module_pg_factory('osrc'), module_pg_factory('odst')
-
-
-def task_args(servers, tmp_path, name, dbname, **extra):
-    src, dst = servers
-    args = {'name': name, 'source': src.spec(), 'destination': dst.spec(), 'worker_dir': str(tmp_path / 'workers'),
-            'jobs': 2, 'databases': [dbname]}
-    args.update(extra)
-    return args
-
-
-def finish_args(args):
-    return {k: args[k] for k in ('name', 'source', 'destination', 'worker_dir')}
-
-
-def finish_and_compare(ansible, servers, args, dbname):
-    src, dst = servers
-    status, result = ansible.module(FINISH, finish_args(args))
-    assert status == 'changed', result
-    assert result['comparison_summary']['mismatch'] == 0
-    rows = assert_exactly_once(src, dst, dbname)
-    print('destination equals source: %d rows' % rows)
-    assert task_slots(src, args['name']) == [] and task_origins(dst, args['name']) == []
-    return result
 
 
 def all_pids(cluster):

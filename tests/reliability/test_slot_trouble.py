@@ -10,7 +10,8 @@ import pytest
 from psycopg import sql
 
 from tests.reliability.support import (
-    FINISH, INFO, MIGRATE, TaskPoller, cleanup_task, create_load_database, task_slots, worker_log, worker_pid,
+    FINISH, INFO, MIGRATE, TaskPoller, cleanup_task, create_load_database, finish_args, task_args, task_slots,
+    worker_log, worker_pid,
 )
 
 
@@ -31,12 +32,6 @@ def max_slot_wal_keep_size(cluster, value):
         cluster.reload()
 
 
-def task_args(servers, tmp_path, name, dbname):
-    src, dst = servers
-    return {'name': name, 'source': src.spec(), 'destination': dst.spec(), 'worker_dir': str(tmp_path / 'workers'),
-            'jobs': 2, 'databases': [dbname]}
-
-
 def wait_failed(dst, name, timeout=120):
     poller = TaskPoller(dst, name)
     try:
@@ -52,11 +47,10 @@ def assert_never_succeeds(ansible, args, name, expected):
     assert status == 'failed', result
     assert 'cannot be resumed' in result['msg'] and expected in result['msg'], result['msg']
     assert worker_pid(args['worker_dir'], name) is None
-    finish_args = {k: args[k] for k in ('name', 'source', 'destination', 'worker_dir')}
-    status, result = ansible.module(FINISH, finish_args)
+    status, result = ansible.module(FINISH, finish_args(args))
     assert status == 'failed', result
     assert 'stage failed' in result['msg'] and expected in result['msg'], result['msg']
-    status, result = ansible.module(INFO, finish_args)
+    status, result = ansible.module(INFO, finish_args(args))
     assert status == 'ok' and result['task']['stage'] == 'failed', result
     assert result['task']['finished_at'] is None
 
