@@ -27,21 +27,12 @@ import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COLLECTION_ROOT = os.path.join(REPO, '.tmp', 'collection_root')
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
 
+from tests.harness.collection import link_collection  # noqa: E402  (after the path set-up)
 
-def _link_collection():
-    target = os.path.join(COLLECTION_ROOT, 'ansible_collections', 'pgdts')
-    os.makedirs(target, exist_ok=True)
-    link = os.path.join(target, 'migration')
-    if not os.path.islink(link):
-        os.symlink(REPO, link)
-    for path in (REPO, COLLECTION_ROOT):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-
-
-_link_collection()
+link_collection()
 
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
@@ -292,7 +283,26 @@ def _tree(pid):
     return seen
 
 
-class PeakMemory:
+class Sampler:
+    """A daemon thread that runs `_run()` (polling until `_stop` is set) for the duration of a `with` block."""
+
+    def __init__(self, name):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self):
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+class PeakMemory(Sampler):
     """Samples a process every `interval` seconds: its VmHWM (kernel's peak RSS) and the RSS sum of it and its children.
 
     `pid_of` is a callable returning the current pid or None (the worker may start late, exit, or be restarted).
@@ -305,8 +315,7 @@ class PeakMemory:
         self.tree_rss_kb = None
         self.pids = set()
         self.cpu = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name='peak-memory', daemon=True)
+        super().__init__('peak-memory')
 
     def _run(self):
         while not self._stop.is_set():
@@ -334,14 +343,6 @@ class PeakMemory:
     def cpu_seconds(self):
         """CPU time (user + system) of the sampled processes and their waited-for children, as last seen."""
         return sum(self.cpu.values()) if self.cpu else None
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -19,22 +19,11 @@ import sys
 import threading
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COLLECTION_ROOT = os.path.join(REPO, '.tmp', 'collection_root')
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import common as bench_env  # noqa: E402
 
-def _import_path():
-    link_dir = os.path.join(COLLECTION_ROOT, 'ansible_collections', 'pgdts')
-    os.makedirs(link_dir, exist_ok=True)
-    link = os.path.join(link_dir, 'migration')
-    if not os.path.islink(link):
-        os.symlink(REPO, link)
-    for path in (COLLECTION_ROOT, REPO):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-
-
-_import_path()
+bench_env.link_collection()
 
 from psycopg import sql  # noqa: E402
 

@@ -60,7 +60,7 @@ def read_both(src, dst, dbname, tables):
     return time.monotonic() - started, sizes.get(src.name, 0)
 
 
-class FinishPhases:
+class FinishPhases(common.Sampler):
     """Watches the task row while the finish runs: the request goes to 'finish' once the source is fenced, and to
     'stop' once the destination is complete, the sequences are set and the comparison is done."""
 
@@ -68,8 +68,7 @@ class FinishPhases:
         self.task = task
         self.started = started
         self.marks = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__('finish-phases')
 
     def _run(self):
         with self.task.store() as store:
@@ -79,14 +78,6 @@ class FinishPhases:
                 if row and row['request'] in ('finish', 'stop'):
                     self.marks.setdefault(row['request'], now)
                 self._stop.wait(0.02)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
     def split(self, total):
         fenced = self.marks.get('finish')

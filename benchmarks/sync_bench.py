@@ -22,20 +22,11 @@ import shutil
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, '.tmp', 'collection_root'))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import common as bench_env  # noqa: E402
 
-def _link_collection():
-    target = os.path.join(REPO, '.tmp', 'collection_root', 'ansible_collections', 'pgdts')
-    os.makedirs(target, exist_ok=True)
-    link = os.path.join(target, 'migration')
-    if not os.path.islink(link):
-        os.symlink(REPO, link)
-
-
-_link_collection()
+bench_env.link_collection()
 
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402

@@ -15,22 +15,11 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COLLECTION_ROOT = os.path.join(REPO, '.tmp', 'collection_root')
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import common as bench_env  # noqa: E402
 
-def _link_collection():
-    target = os.path.join(COLLECTION_ROOT, 'ansible_collections', 'pgdts')
-    os.makedirs(target, exist_ok=True)
-    link = os.path.join(target, 'migration')
-    if not os.path.islink(link):
-        os.symlink(REPO, link)
-    for path in (COLLECTION_ROOT, REPO):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-
-
-_link_collection()
+bench_env.link_collection()
 
 from ansible_collections.pgdts.migration.plugins.module_utils import checks  # noqa: E402
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import ServerSpec  # noqa: E402

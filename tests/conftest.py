@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import sys
 import tempfile
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COLLECTION_ROOT = os.path.join(REPO, '.tmp', 'collection_root')
+from tests.harness.collection import link_collection
 
-
-def _link_collection():
-    """Make `ansible_collections.pgdts.migration` importable from the working tree (engine code for tests)."""
-    target = os.path.join(COLLECTION_ROOT, 'ansible_collections', 'pgdts')
-    os.makedirs(target, exist_ok=True)
-    link = os.path.join(target, 'migration')
-    if not os.path.islink(link):
-        if os.path.exists(link):
-            shutil.rmtree(link)
-        os.symlink(REPO, link)
-    if COLLECTION_ROOT not in sys.path:
-        sys.path.insert(0, COLLECTION_ROOT)
-
-
-_link_collection()
+link_collection()
 
 from tests.harness.cluster import PgCluster, make_base_dir  # noqa: E402  (after the path set-up)
 from tests.harness.ansible_run import AnsibleRunner, build_and_install  # noqa: E402

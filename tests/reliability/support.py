@@ -12,6 +12,7 @@ The data set: pgbench tables (scale 1-3) plus
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -554,3 +555,19 @@ def finish_and_compare(ansible, servers, args, dbname, finished_before=False):
     print('destination equals source: %d rows' % rows)
     assert task_slots(src, args['name']) == [] and task_origins(dst, args['name']) == []
     return result
+
+
+@contextlib.contextmanager
+def judged_scenario(servers, worker_dir, task, databases, poller=None):
+    """Around a fault scenario: when it fails, print the end of the worker's log; always close the poller and remove
+    the task and its databases from both servers."""
+    src, dst = servers
+    try:
+        yield
+    except Exception:
+        print(worker_log(worker_dir, task)[-6000:])
+        raise
+    finally:
+        if poller is not None:
+            poller.close()
+        cleanup_task(src, dst, worker_dir, task, databases)

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from tests.reliability.support import (
-    FINISH, MIGRATE, BackgroundPlay, TaskPoller, cleanup_task, create_load_database, finish_and_compare, finish_args,
-    kill_worker, play, task_args, task_dir, wait_worker, worker_log, worker_pid, writing,
+    FINISH, MIGRATE, BackgroundPlay, TaskPoller, create_load_database, finish_and_compare, finish_args,
+    judged_scenario, kill_worker, play, task_args, task_dir, wait_worker, worker_pid, writing,
 )
 
 
@@ -52,7 +52,7 @@ def controller_killed_mid_play_the_worker_carries_on(servers, ansible, tmp_path)
     create_load_database(src, dbname, scale=2)
     args = task_args(servers, tmp_path, name, dbname)
     poller = TaskPoller(dst, name)
-    try:
+    with judged_scenario(servers, args['worker_dir'], name, [dbname], poller):
         with writing(src, dbname, seed=21) as writer:
             # the play waits for the sync; the controller is killed while the copy runs
             background = BackgroundPlay(ansible, play([{'name': 'migrate', MIGRATE: dict(
@@ -75,12 +75,6 @@ def controller_killed_mid_play_the_worker_carries_on(servers, ansible, tmp_path)
             writer.stop()
             print('writer: %d commits, %d errors' % (writer.commits, writer.errors))
         finish_and_compare(ansible, servers, args, dbname, finished_before=True)
-    except Exception:
-        print(worker_log(args['worker_dir'], name)[-6000:])
-        raise
-    finally:
-        poller.close()
-        cleanup_task(src, dst, args['worker_dir'], name, [dbname])
 
 
 @pytest.mark.slow
@@ -95,7 +89,7 @@ def controller_killed_mid_finish(servers, ansible, tmp_path):
     create_load_database(src, dbname, scale=1)
     args = task_args(servers, tmp_path, name, dbname)
     poller = TaskPoller(dst, name)
-    try:
+    with judged_scenario(servers, args['worker_dir'], name, [dbname], poller):
         with writing(src, dbname, seed=22) as writer:
             status, result = ansible.module(MIGRATE, dict(args, wait='synced', wait_timeout=300))
             assert status == 'changed', result
@@ -107,12 +101,6 @@ def controller_killed_mid_finish(servers, ansible, tmp_path):
         status, result = ansible.module(FINISH, finish_args(args))
         assert status == 'changed', result
         finish_and_compare(ansible, servers, args, dbname, finished_before=True)
-    except Exception:
-        print(worker_log(args['worker_dir'], name)[-6000:])
-        raise
-    finally:
-        poller.close()
-        cleanup_task(src, dst, args['worker_dir'], name, [dbname])
 
 
 @pytest.mark.slow
@@ -125,7 +113,7 @@ def second_worker_by_hand_is_refused(servers, ansible, tmp_path):
     name = dbname = 'two_by_hand'
     create_load_database(src, dbname, scale=1)
     args = task_args(servers, tmp_path, name, dbname)
-    try:
+    with judged_scenario(servers, args['worker_dir'], name, [dbname]):
         with writing(src, dbname, seed=23) as writer:
             status, result = ansible.module(MIGRATE, dict(args, wait='synced', wait_timeout=300))
             assert status == 'changed', result
@@ -145,11 +133,6 @@ def second_worker_by_hand_is_refused(servers, ansible, tmp_path):
         status, result = ansible.module(MIGRATE, dict(args, wait='synced'))
         assert status == 'ok' and result['action'] == 'reported', result
         finish_and_compare(ansible, servers, args, dbname, finished_before=True)
-    except Exception:
-        print(worker_log(args['worker_dir'], name)[-6000:])
-        raise
-    finally:
-        cleanup_task(src, dst, args['worker_dir'], name, [dbname])
 
 
 @pytest.mark.slow
@@ -160,7 +143,7 @@ def test_parallel_plays_start_one_worker(pg_factory, ansible, tmp_path):
     name = dbname = 'parallel'
     create_load_database(src, dbname, scale=1)
     args = task_args(servers, tmp_path, name, dbname)
-    try:
+    with judged_scenario(servers, args['worker_dir'], name, [dbname]):
         with writing(src, dbname, seed=24) as writer:
             plays = [BackgroundPlay(ansible, play([{'name': 'start', MIGRATE: args}])) for _play in range(2)]
             codes = [p.wait(300) for p in plays]
@@ -189,8 +172,3 @@ def test_parallel_plays_start_one_worker(pg_factory, ansible, tmp_path):
         status, result = ansible.module(MIGRATE, dict(args, wait='synced'))
         assert status == 'ok', result
         finish_and_compare(ansible, servers, args, dbname, finished_before=True)
-    except Exception:
-        print(worker_log(args['worker_dir'], name)[-6000:])
-        raise
-    finally:
-        cleanup_task(src, dst, args['worker_dir'], name, [dbname])

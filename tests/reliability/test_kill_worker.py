@@ -15,8 +15,8 @@ import time
 import pytest
 
 from tests.reliability.support import (
-    FINISH, MIGRATE, BackgroundPlay, TaskPoller, assert_exactly_once, cleanup_task, create_load_database, kill_worker,
-    play, task_origins, task_slots, wait_worker, worker_log, worker_pid, writing,
+    FINISH, MIGRATE, BackgroundPlay, TaskPoller, assert_exactly_once, create_load_database, judged_scenario,
+    kill_worker, play, task_origins, task_slots, wait_worker, worker_pid, writing,
 )
 
 STAGES = ('schema', 'copy', 'index', 'sync', 'finish')
@@ -71,7 +71,7 @@ def kill_scenario(servers, ansible, tmp_path, seed):
             'databases': [dbname]}
     finish_args = {k: args[k] for k in ('name', 'source', 'destination', 'worker_dir')}
     poller = TaskPoller(dst, name)
-    try:
+    with judged_scenario(servers, worker_dir, name, [dbname], poller):
         with writing(src, dbname, seed=seed) as writer:
             if target != 'finish':
                 background = BackgroundPlay(ansible, play([{'name': 'start', MIGRATE: dict(args, wait='none')}]))
@@ -112,9 +112,3 @@ def kill_scenario(servers, ansible, tmp_path, seed):
         rows = assert_exactly_once(src, dst, dbname)
         print('destination equals source: %d rows' % rows)
         assert task_slots(src, name) == [] and task_origins(dst, name) == []
-    except Exception:
-        print(worker_log(worker_dir, name)[-6000:])
-        raise
-    finally:
-        poller.close()
-        cleanup_task(src, dst, worker_dir, name, [dbname])

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.reliability.support import (
-    MIGRATE, BackgroundPlay, TaskPoller, cleanup_task, create_load_database, finish_and_compare, play, slot_lag,
+    MIGRATE, BackgroundPlay, TaskPoller, create_load_database, finish_and_compare, judged_scenario, play, slot_lag,
     task_args, wait_worker, worker_log, worker_pid, writing,
 )
 
@@ -49,7 +49,7 @@ def restart_during_copy(servers, ansible, tmp_path, which):
     create_load_database(src, dbname, scale=3)
     args = task_args(servers, tmp_path, name, dbname)
     poller = TaskPoller(dst, name)
-    try:
+    with judged_scenario(servers, args['worker_dir'], name, [dbname], poller):
         with writing(src, dbname, seed=11) as writer:
             background = BackgroundPlay(ansible, play([{'name': 'start', MIGRATE: dict(args, wait='none')}]))
             poller.wait_stage('copy', timeout=120, interval=0.005)
@@ -70,12 +70,6 @@ def restart_during_copy(servers, ansible, tmp_path, which):
             writer.stop()
             print('writer: %d commits, %d errors (%s)' % (writer.commits, writer.errors, writer.last_error))
         finish_and_compare(ansible, servers, args, dbname)
-    except Exception:
-        print(worker_log(args['worker_dir'], name)[-6000:])
-        raise
-    finally:
-        poller.close()
-        cleanup_task(src, dst, args['worker_dir'], name, [dbname])
 
 
 @pytest.mark.slow
@@ -92,7 +86,7 @@ def restart_during_sync(servers, ansible, tmp_path, which, down=0):
     name = dbname = 'rsync_%s_%d' % (which[:3], down)
     create_load_database(src, dbname, scale=1)
     args = task_args(servers, tmp_path, name, dbname)
-    try:
+    with judged_scenario(servers, args['worker_dir'], name, [dbname]):
         with writing(src, dbname, seed=12) as writer:
             status, result = ansible.module(MIGRATE, dict(args, wait='synced', wait_timeout=600))
             assert status == 'changed', result
@@ -114,11 +108,6 @@ def restart_during_sync(servers, ansible, tmp_path, which, down=0):
             print('writer: %d commits, %d errors (%s)' % (writer.commits, writer.errors, writer.last_error))
             assert 'connection problem' in worker_log(args['worker_dir'], name)
         finish_and_compare(ansible, servers, args, dbname)
-    except Exception:
-        print(worker_log(args['worker_dir'], name)[-6000:])
-        raise
-    finally:
-        cleanup_task(src, dst, args['worker_dir'], name, [dbname])
 
 
 @pytest.mark.slow
@@ -133,7 +122,7 @@ def destination_unavailable_for_a_while(servers, ansible, tmp_path, how):
     name, dbname = 'away_%s' % how, 'away_%s' % how
     create_load_database(src, dbname, scale=1)
     args = task_args(servers, tmp_path, name, dbname)
-    try:
+    with judged_scenario(servers, args['worker_dir'], name, [dbname]):
         with writing(src, dbname, seed=13) as writer:
             status, result = ansible.module(MIGRATE, dict(args, wait='synced', wait_timeout=600))
             assert status == 'changed', result
@@ -166,11 +155,6 @@ def destination_unavailable_for_a_while(servers, ansible, tmp_path, how):
             print('lag after the catch-up: %s bytes, %s s' % (result['task']['lag_bytes'], result['task']['lag_seconds']))
             assert result['task']['lag_bytes'] < 100000
         finish_and_compare(ansible, servers, args, dbname)
-    except Exception:
-        print(worker_log(args['worker_dir'], name)[-6000:])
-        raise
-    finally:
-        cleanup_task(src, dst, args['worker_dir'], name, [dbname])
 
 
 @pytest.mark.slow
@@ -181,7 +165,7 @@ def test_source_down_longer_than_retry_timeout(servers, ansible, tmp_path):
     create_load_database(src, dbname, scale=1)
     args = task_args(servers, tmp_path, name, dbname, retry_timeout=5)
     poller = TaskPoller(dst, name)
-    try:
+    with judged_scenario(servers, args['worker_dir'], name, [dbname], poller):
         with writing(src, dbname, seed=14) as writer:
             status, result = ansible.module(MIGRATE, dict(args, wait='synced', wait_timeout=300))
             assert status == 'changed', result
@@ -199,9 +183,3 @@ def test_source_down_longer_than_retry_timeout(servers, ansible, tmp_path):
             assert status == 'changed' and result['action'] == 'resumed', result['msg']
             writer.stop()
         finish_and_compare(ansible, servers, args, dbname)
-    except Exception:
-        print(worker_log(args['worker_dir'], name)[-6000:])
-        raise
-    finally:
-        poller.close()
-        cleanup_task(src, dst, args['worker_dir'], name, [dbname])

@@ -10,8 +10,8 @@ import pytest
 from psycopg import sql
 
 from tests.reliability.support import (
-    FINISH, INFO, MIGRATE, TaskPoller, cleanup_task, create_load_database, finish_args, task_args, task_slots,
-    worker_log, worker_pid,
+    FINISH, INFO, MIGRATE, TaskPoller, create_load_database, finish_args, judged_scenario, task_args, task_slots,
+    worker_pid,
 )
 
 
@@ -71,7 +71,7 @@ def slot_invalidated_scenario(servers, ansible, tmp_path):
 
 def _slot_invalidated(servers, ansible, args, name, dbname):
     src, dst = servers
-    try:
+    with judged_scenario(servers, args['worker_dir'], name, [dbname]):
         status, result = ansible.module(MIGRATE, dict(args, wait='synced', wait_timeout=300))
         assert status == 'changed', result
         warned = [c for c in result['checks'] if c['id'] == 'source.max_slot_wal_keep_size']
@@ -101,11 +101,6 @@ def _slot_invalidated(servers, ansible, args, name, dbname):
         status, result = ansible.module(MIGRATE, dict(args, state='absent', drop_destination=True))
         assert status == 'changed', result
         assert task_slots(src, name) == []
-    except Exception:
-        print(worker_log(args['worker_dir'], name)[-6000:])
-        raise
-    finally:
-        cleanup_task(src, dst, args['worker_dir'], name, [dbname])
 
 
 @pytest.mark.slow
@@ -114,7 +109,7 @@ def test_slot_dropped_behind_the_tasks_back(servers, ansible, tmp_path):
     name = dbname = 'slot_dropped'
     create_load_database(src, dbname, scale=1)
     args = task_args(servers, tmp_path, name, dbname)
-    try:
+    with judged_scenario(servers, args['worker_dir'], name, [dbname]):
         status, result = ansible.module(MIGRATE, dict(args, wait='synced', wait_timeout=300))
         assert status == 'changed', result
         [slot] = task_slots(src, name)
@@ -135,8 +130,3 @@ def test_slot_dropped_behind_the_tasks_back(servers, ansible, tmp_path):
         print('the task failed with: %s' % message)
         assert 'no longer exists' in message and 'cancel' in message, message
         assert_never_succeeds(ansible, args, name, 'no longer exists')
-    except Exception:
-        print(worker_log(args['worker_dir'], name)[-6000:])
-        raise
-    finally:
-        cleanup_task(src, dst, args['worker_dir'], name, [dbname])
