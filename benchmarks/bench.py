@@ -89,6 +89,10 @@ def section_copy(servers, cfg, out):
                         'summary': copy_bench.summarize(many_runs)},
         'runs': cfg['runs'], 'jobs': cfg['jobs'],
     }
+    summary = out['copy']['pgbench']['summary']
+    if summary.get('_fastest_peer'):
+        say('copy floor: pgbench_accounts alone, %d run(s)' % cfg['runs'])
+        out['copy']['pgbench']['floor'] = copy_bench.floor(servers, main_db, 'pgbench_accounts', cfg['runs'])
     out['_copy_known'] = {(main_db, cfg['jobs']): pgbench_runs[copy_bench.OURS]}
     common.drop_database(servers.src, 'many_tables')
     copy_bench.print_comparison('Full copy of pgbench scale %d' % cfg['scale'], out['copy']['pgbench']['summary'],
@@ -787,7 +791,21 @@ def observations(summary, data):
     without = ours['median'] - fixed - (b.get('analyze_alone') or 0)
     parts.append('Without both, pgdts would take about %.2f s, %.2f of %s.' % (
         without, without / summary[fastest]['median'], fastest))
-    return ' '.join(parts)
+    text = ' '.join(parts)
+    low = data.get('floor')
+    if low:
+        peer = summary[fastest]['median']
+        text += ('\n\nThe floor of this copy, measured right after it on the largest table alone (%s, 99 %% of the '
+                 'data): one COPY stream from the source straight into an empty table on the destination (psql | psql, '
+                 'binary, FREEZE; no other table, no worker) %.2f s, its primary key %.2f s, its ANALYZE %.2f s; '
+                 'together %.2f s, %.2f of %s, against a target of 0.8 = %.2f s. Without ANALYZE the floor is %.2f '
+                 '(%.2f s). The same rows in two parallel streams (halves by heap block, psql | psql each) took %.2f '
+                 's: on 2 CPUs the source, the destination and the clients already share both CPUs during one '
+                 'stream.' % (
+                     low['table'], low['copy'], low['index'], low['analyze'], low['total'], low['total'] / peer,
+                     fastest, 0.8 * peer, (low['copy'] + low['index']) / peer, low['copy'] + low['index'],
+                     low['copy_2_streams']))
+    return text
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -185,6 +185,66 @@ class CopyBench:
         return results
 
 
+def floor(servers, dbname, table, runs, maintenance_work_mem='512MB'):
+    """The part of a copy of `dbname` that no method can avoid, measured on its largest table alone: one COPY stream
+    of the table from the source straight into a new empty table on the destination (psql | psql, binary, TRUNCATE
+    and FREEZE, no Python, no other table), then its indexes and constraints (pg_dump's post-data of the table, with
+    this maintenance_work_mem), then its ANALYZE. Median seconds of each step over `runs`."""
+    scratch = 'floor_%s' % dbname
+    qualified = 'public.%s' % table
+    steps = {'copy': [], 'index': [], 'analyze': [], 'copy_2_streams': []}
+    src_uri, dst_uri = common.uri(servers.src, dbname), common.uri(servers.dst, scratch)
+    with common.passfile(servers.src, servers.dst) as env:
+        post_data = os.path.join(servers.scratch, 'floor-post-data.sql')
+        common.run([common.client('pg_dump'), '--section=post-data', '-t', qualified, '-f', post_data, '-d', src_uri],
+                   env=env, what='floor: post-data dump')
+        pages = servers.src.value('SELECT relpages FROM pg_class WHERE oid = %s::regclass', (qualified,), dbname=dbname)
+
+        def empty_table():
+            common.drop_database(servers.dst, scratch)
+            servers.dst.create_database(scratch)
+            common.run(['set -o pipefail; %s --section=pre-data -t %s -d %s | %s -q -X -v ON_ERROR_STOP=1 -d %s' % (
+                common.client('pg_dump'), qualified, src_uri, common.client('psql'), dst_uri)], env=env,
+                what='floor: pre-data', shell=True)
+            common.checkpoint(servers.dst)
+
+        for _run in range(runs):
+            empty_table()
+            # the same rows in two parallel streams (halves by heap block), into an empty table
+            halves = ["ctid < '(%d,0)'" % (pages // 2), "ctid >= '(%d,0)'" % (pages // 2)]
+            steps['copy_2_streams'].append(common.run([' & '.join(
+                '(set -o pipefail; %s -X -q -d %s -c "COPY (SELECT * FROM %s WHERE %s) TO STDOUT (FORMAT binary)" '
+                '| %s -X -q -v ON_ERROR_STOP=1 -d %s -c "COPY %s FROM STDIN (FORMAT binary)")' % (
+                    common.client('psql'), src_uri, qualified, half, common.client('psql'), dst_uri, qualified)
+                for half in halves) + ' & wait -n && wait -n'], env=env, what='floor: COPY in 2 streams', shell=True))
+            empty_table()
+            steps['copy'].append(common.run([
+                'set -o pipefail; %s -X -q -d %s -c "COPY %s TO STDOUT (FORMAT binary)" | %s -X -q -v ON_ERROR_STOP=1 '
+                '-d %s -c "BEGIN" -c "TRUNCATE %s" -c "COPY %s FROM STDIN (FORMAT binary, FREEZE)" -c "COMMIT"' % (
+                    common.client('psql'), src_uri, qualified, common.client('psql'), dst_uri, qualified,
+                    qualified)], env=env, what='floor: COPY', shell=True))
+            index_env = dict(env, PGOPTIONS='-c maintenance_work_mem=%s' % maintenance_work_mem)
+            steps['index'].append(common.run([common.client('psql'), '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d',
+                                              dst_uri, '-f', post_data], env=index_env, what='floor: indexes'))
+            steps['analyze'].append(common.run([common.client('psql'), '-X', '-q', '-d', dst_uri, '-c',
+                                                'ANALYZE %s' % qualified], env=env, what='floor: ANALYZE'))
+        os.unlink(post_data)
+    common.drop_database(servers.dst, scratch)
+    result = {step: common.median(times) for step, times in steps.items()}
+    result['total'] = result['copy'] + result['index'] + result['analyze']
+    result['runs'] = steps
+    result['table'] = table
+    return result
+
+
+def print_floor(result, fastest_name, fastest_seconds):
+    print('  floor on %s alone: COPY %.2f s (in 2 parallel streams %.2f s) + indexes %.2f s + ANALYZE %.2f s = '
+          '%.2f s = %.2f of %s (%.2f s); 0.8 of it is %.2f s' % (
+              result['table'], result['copy'], result['copy_2_streams'], result['index'], result['analyze'],
+              result['total'], result['total'] / fastest_seconds, fastest_name, fastest_seconds,
+              0.8 * fastest_seconds))
+
+
 def summarize(results):
     """{method: {'median': s, 'runs': [...], ...}} with the ratio of ours to the fastest peer."""
     out = {}
@@ -322,8 +382,13 @@ def main(argv=None):
         main_db = databases[args.scale]
         pgbench_results = bench.compare(main_db, args.runs, methods)
         many_results = bench.compare('many_tables', args.runs, methods)
-        print_comparison('Full copy of pgbench scale %d' % args.scale, summarize(pgbench_results),
+        pgbench_summary = summarize(pgbench_results)
+        print_comparison('Full copy of pgbench scale %d' % args.scale, pgbench_summary,
                          common.database_size(servers.src, main_db))
+        if not args.skip_peers:
+            fastest = pgbench_summary['_fastest_peer']
+            print_floor(floor(servers, main_db, 'pgbench_accounts', args.runs), fastest,
+                        pgbench_summary[fastest]['median'])
         print_comparison('Full copy of %d tables with indexes' % args.tables, summarize(many_results), many_size)
         if not args.skip_scaling:
             result = scaling(bench, [(s, databases[s]) for s in sorted(int(x) for x in args.scales.split(','))],

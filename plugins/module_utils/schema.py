@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import shutil
@@ -176,11 +177,12 @@ def _skip_existing_schemas(destination, dbname, dump_path, bindir=None):
 
 
 def restore_section(destination, dbname, dump_path, section, jobs=1, clean=False, keep_owners=False, bindir=None,
-                    skip=None):
+                    skip=None, maintenance_work_mem=None):
     """pg_restore one section of the dump into the destination database.
 
     pre-data leaves out CREATE SCHEMA of schemas that already exist there (pg_dump --schema=public emits one).
-    `skip`: TOC lines (of toc_entries) to leave out, e.g. post-data objects already built."""
+    `skip`: TOC lines (of toc_entries) to leave out, e.g. post-data objects already built.
+    `maintenance_work_mem`: for the restore's sessions (index builds), e.g. '512MB'; None = the server's."""
     if section == 'pre-data':
         list_path = _skip_existing_schemas(destination, dbname, dump_path, bindir)
     elif skip:
@@ -189,13 +191,15 @@ def restore_section(destination, dbname, dump_path, section, jobs=1, clean=False
     else:
         list_path = None
     try:
-        _restore_section(destination, dbname, dump_path, section, jobs, clean, keep_owners, bindir, list_path)
+        _restore_section(destination, dbname, dump_path, section, jobs, clean, keep_owners, bindir, list_path,
+                         maintenance_work_mem)
     finally:
         if list_path:
             os.unlink(list_path)
 
 
-def _restore_section(destination, dbname, dump_path, section, jobs, clean, keep_owners, bindir, list_path):
+def _restore_section(destination, dbname, dump_path, section, jobs, clean, keep_owners, bindir, list_path,
+                     maintenance_work_mem=None):
     argv = [client_program('pg_restore', bindir), '--section', section, '--dbname', dbname, '--exit-on-error']
     if list_path:
         argv += ['--use-list', list_path]
@@ -206,7 +210,7 @@ def _restore_section(destination, dbname, dump_path, section, jobs, clean, keep_
     if not keep_owners:
         argv += ['--no-owner', '--no-privileges']
     argv.append(dump_path)
-    _run(argv, _restore_env(destination, dbname), 'restoring %s of "%s"' % (section, dbname))
+    _run(argv, _restore_env(destination, dbname, maintenance_work_mem), 'restoring %s of "%s"' % (section, dbname))
 
 
 # Sessions of pg_restore: commits need not wait for their WAL flush (thousands of small DDL transactions). Nothing is
@@ -215,10 +219,33 @@ def _restore_section(destination, dbname, dump_path, section, jobs, clean, keep_
 RESTORE_OPTIONS = WRITER_OPTIONS + ' -c synchronous_commit=off'
 
 
-def _restore_env(destination, dbname):
+_MEMORY_SETTING = re.compile(r'^([1-9][0-9]*)(kB|MB|GB|TB)?$')
+
+
+def memory_setting(value):
+    """A PostgreSQL memory setting as the task accepts it ('512MB', '2GB', '65536' = kB), normalized; None stays
+    None. Raises ValueError with the reason."""
+    if value is None:
+        return None
+    text = str(value).strip().replace(' ', '')
+    found = _MEMORY_SETTING.match(text)
+    if not found:
+        raise ValueError('"%s" is not a memory size: a whole number with kB, MB, GB or TB (e.g. 512MB)' % value)
+    number, unit = int(found.group(1)), found.group(2) or 'kB'
+    kilobytes = number * {'kB': 1, 'MB': 1024, 'GB': 1024 ** 2, 'TB': 1024 ** 3}[unit]
+    # the server's limits for maintenance_work_mem: 1 MB .. 2 TB - 1 kB (64-bit)
+    if kilobytes < 1024 or kilobytes > 2147483647:
+        raise ValueError('"%s" is out of range for maintenance_work_mem (1MB to 2TB)' % value)
+    return '%d%s' % (number, unit)
+
+
+def _restore_env(destination, dbname, maintenance_work_mem=None):
     env = destination.libpq_env(dbname, 'pgdts-schema')
     env.pop('PGDATABASE', None)
     env['PGOPTIONS'] = RESTORE_OPTIONS
+    if maintenance_work_mem:
+        # normalized by memory_setting(): no spaces, nothing PGOPTIONS would split or escape
+        env['PGOPTIONS'] += ' -c maintenance_work_mem=%s' % memory_setting(maintenance_work_mem)
     return env
 
 
@@ -318,7 +345,8 @@ def table_post_data(src_conn, dst_conn, entries):
     return by_table, built
 
 
-def restore_entries(destination, dbname, dump_path, lines, jobs=1, keep_owners=False, bindir=None, started=None):
+def restore_entries(destination, dbname, dump_path, lines, jobs=1, keep_owners=False, bindir=None, started=None,
+                    maintenance_work_mem=None):
     """pg_restore just these TOC lines of the dump (in dump order). `started(proc)` gets the running process (so
     that a caller may stop it). Raises SchemaError."""
     list_path = _write_list(dump_path, lines)
@@ -330,7 +358,7 @@ def restore_entries(destination, dbname, dump_path, lines, jobs=1, keep_owners=F
             argv += ['--no-owner', '--no-privileges']
         argv.append(dump_path)
         merged = dict(os.environ)
-        merged.update(_restore_env(destination, dbname))
+        merged.update(_restore_env(destination, dbname, maintenance_work_mem))
         proc = subprocess.Popen(argv, env=merged, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
         if started:
@@ -341,22 +369,6 @@ def restore_entries(destination, dbname, dump_path, lines, jobs=1, keep_owners=F
             raise SchemaError('restoring indexes failed: %s' % (' | '.join(errors[:5]) or 'exit code %d' % proc.returncode))
     finally:
         os.unlink(list_path)
-
-
-def dump_roles(source, out_path, bindir=None):
-    """Roles of the source instance (pg_dumpall --roles-only), without passwords unless superuser access allows."""
-    argv = [client_program('pg_dumpall', bindir), '--roles-only', '--file', out_path]
-    env = source.libpq_env(source.dbname, 'pgdts-schema')
-    _run(argv, env, 'pg_dumpall --roles-only')
-
-
-def restore_roles(destination, roles_sql_path, bindir=None):
-    """Apply a roles script; roles that already exist are left as they are (errors for them are tolerated)."""
-    argv = [client_program('psql', bindir), '--no-psqlrc', '--quiet', '--file', roles_sql_path]
-    env = destination.libpq_env(destination.dbname, 'pgdts-schema')
-    merged = dict(os.environ)
-    merged.update(env)
-    subprocess.run(argv, env=merged, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
 
 SEQUENCE_BATCH = 200
@@ -408,3 +420,117 @@ def temp_dump_path(directory, dbname_tag):
     fd, path = tempfile.mkstemp(prefix='schema-%s-' % dbname_tag, suffix='.dump', dir=directory)
     os.close(fd)
     return path
+
+
+# -- objects the task creates in a destination database that existed before -----------------------------------
+# A task that copies into an existing database records which objects were there before its schema restore; what is
+# there afterwards and was not before is the task's, and `drop_destination` removes exactly that (tables, sequences,
+# views, types, functions, schemas, extensions, ...), never an object of the database's owner.
+
+# User objects that can be dropped on their own, as (classid, objid). Left out: objects that go with another one
+# (indexes, TOAST tables, row types of tables, array and multirange types, constraints, defaults, triggers), objects
+# that belong to an extension (they go with it), and the system's own (oid < 16384).
+_OWN_OBJECTS = """
+WITH objects(classid, objid) AS (
+    SELECT 'pg_catalog.pg_namespace'::regclass, oid FROM pg_catalog.pg_namespace
+     WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'
+    UNION ALL
+    SELECT 'pg_catalog.pg_class'::regclass, oid FROM pg_catalog.pg_class WHERE relkind IN ('r', 'p', 'S', 'v', 'm', 'f')
+    UNION ALL
+    SELECT 'pg_catalog.pg_type'::regclass, t.oid FROM pg_catalog.pg_type t
+     WHERE t.typtype IN ('b', 'd', 'e', 'r')
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type e WHERE e.typarray = t.oid)
+        OR t.typtype = 'c' AND (SELECT relkind FROM pg_catalog.pg_class WHERE oid = t.typrelid) = 'c'
+    UNION ALL
+    SELECT 'pg_catalog.pg_proc'::regclass, oid FROM pg_catalog.pg_proc
+    UNION ALL
+    SELECT 'pg_catalog.pg_extension'::regclass, oid FROM pg_catalog.pg_extension
+    UNION ALL
+    SELECT 'pg_catalog.pg_collation'::regclass, oid FROM pg_catalog.pg_collation
+    UNION ALL
+    SELECT 'pg_catalog.pg_conversion'::regclass, oid FROM pg_catalog.pg_conversion
+    UNION ALL
+    SELECT 'pg_catalog.pg_operator'::regclass, oid FROM pg_catalog.pg_operator
+    UNION ALL
+    SELECT 'pg_catalog.pg_opfamily'::regclass, oid FROM pg_catalog.pg_opfamily
+    UNION ALL
+    SELECT 'pg_catalog.pg_cast'::regclass, oid FROM pg_catalog.pg_cast
+    UNION ALL
+    SELECT 'pg_catalog.pg_ts_config'::regclass, oid FROM pg_catalog.pg_ts_config
+    UNION ALL
+    SELECT 'pg_catalog.pg_ts_dict'::regclass, oid FROM pg_catalog.pg_ts_dict
+    UNION ALL
+    SELECT 'pg_catalog.pg_foreign_data_wrapper'::regclass, oid FROM pg_catalog.pg_foreign_data_wrapper
+    UNION ALL
+    SELECT 'pg_catalog.pg_foreign_server'::regclass, oid FROM pg_catalog.pg_foreign_server
+)
+SELECT a.type, a.object_names, a.object_args
+  FROM objects o, LATERAL pg_catalog.pg_identify_object_as_address(o.classid, o.objid, 0) a
+ WHERE o.objid >= 16384
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                    WHERE d.classid = o.classid AND d.objid = o.objid AND d.objsubid = 0
+                      AND d.deptype IN ('e', 'i', 'a'))
+"""
+
+# pg_identify_object's type -> the DROP statement's object kind
+_DROP_KINDS = {
+    'schema': 'SCHEMA', 'table': 'TABLE', 'sequence': 'SEQUENCE', 'view': 'VIEW',
+    'materialized view': 'MATERIALIZED VIEW', 'foreign table': 'FOREIGN TABLE', 'type': 'TYPE',
+    'composite type': 'TYPE', 'domain': 'DOMAIN', 'function': 'FUNCTION', 'procedure': 'PROCEDURE',
+    'aggregate': 'AGGREGATE', 'extension': 'EXTENSION', 'collation': 'COLLATION', 'conversion': 'CONVERSION',
+    'operator': 'OPERATOR', 'operator family': 'OPERATOR FAMILY', 'cast': 'CAST',
+    'text search configuration': 'TEXT SEARCH CONFIGURATION', 'text search dictionary': 'TEXT SEARCH DICTIONARY',
+    'foreign-data wrapper': 'FOREIGN DATA WRAPPER', 'server': 'SERVER',
+}
+# dropped in this order (a later kind may be used by an earlier one; CASCADE takes care of the rest)
+_DROP_ORDER = ('view', 'materialized view', 'foreign table', 'table', 'sequence', 'function', 'procedure', 'aggregate',
+               'cast', 'operator', 'operator family', 'conversion', 'text search configuration',
+               'text search dictionary', 'domain', 'composite type', 'type', 'collation', 'server',
+               'foreign-data wrapper', 'extension', 'schema')
+
+
+def own_objects(conn):
+    """The database's droppable user objects as sorted [type, [names], [args]] lists (JSON-ready addresses of
+    pg_identify_object_as_address)."""
+    return sorted([row[0], list(row[1]), list(row[2])] for row in query_all(conn, _OWN_OBJECTS))
+
+
+def created_objects(conn, existing):
+    """The addresses of the objects in the database now that are not in `existing` (an own_objects() result)."""
+    before = {json.dumps(address) for address in existing}
+    return [address for address in own_objects(conn) if json.dumps(address) not in before]
+
+
+def drop_objects(conn, addresses, log=None):
+    """Drop the objects at these addresses that still exist (CASCADE), in an order that drops users before what they
+    use. Returns [(kind, identity)] of what was dropped. One transaction: all or nothing."""
+    import psycopg
+    found = []
+    for kind, names, args in addresses:
+        if kind not in _DROP_KINDS:
+            continue
+        try:
+            with conn.transaction():
+                row = query_all(conn, 'SELECT i.type, i.identity FROM pg_catalog.pg_get_object_address(%s, %s, %s) a, '
+                                      'LATERAL pg_catalog.pg_identify_object(a.classid, a.objid, a.objsubid) i',
+                                (kind, names, args))
+        except psycopg.errors.UndefinedObject:
+            continue        # gone already (dropped with another object, or by the user)
+        except psycopg.Error as exc:
+            if exc.sqlstate and exc.sqlstate.startswith('42'):
+                continue    # its schema or a type of its arguments is gone: so is the object
+            raise
+        if row and row[0][0] in _DROP_KINDS:
+            found.append((row[0][0], row[0][1]))
+    found.sort(key=lambda item: _DROP_ORDER.index(item[0]) if item[0] in _DROP_ORDER else len(_DROP_ORDER))
+    dropped = []
+    with conn.transaction():
+        for kind, identity in found:
+            # `identity` is the server's own quoted, schema-qualified identity of an existing object
+            # (pg_identify_object), not text from the user; the kind comes from the fixed map above.
+            conn.execute(sql.SQL('DROP {} IF EXISTS {} CASCADE').format(sql.SQL(_DROP_KINDS[kind]), sql.SQL(identity)))
+            dropped.append((kind, identity))
+    if log:
+        for kind, identity in dropped:
+            log('dropped %s %s' % (kind, identity))
+    return dropped

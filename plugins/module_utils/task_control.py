@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime
 import time
 
-from ansible_collections.pgdts.migration.plugins.module_utils import catalog, task_state, worker
+from ansible_collections.pgdts.migration.plugins.module_utils import catalog, schema, task_state, worker
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import (
     ConnectionFailure, connect, query_value,
 )
@@ -17,7 +17,7 @@ from ansible_collections.pgdts.migration.plugins.module_utils.task_state import 
 # Options that define what a task migrates: a re-run with other values names a different task.
 IDENTITY_KEYS = ('tables', 'exclude_tables', 'plugin', 'incremental')
 SPEC_KEYS = ('databases', 'tables', 'exclude_tables', 'plugin', 'incremental', 'jobs', 'start_at',
-             'protect_destination', 'migrate_roles', 'retry_timeout')
+             'protect_destination', 'migrate_roles', 'retry_timeout', 'maintenance_work_mem')
 
 
 class TaskControlError(Exception):
@@ -143,6 +143,10 @@ class TaskControl:
         start_at = self.start_at()
         if self.params.get('jobs') is not None and self.params['jobs'] < 1:
             raise TaskControlError('jobs must be at least 1')
+        try:
+            self.params['maintenance_work_mem'] = schema.memory_setting(self.params.get('maintenance_work_mem'))
+        except ValueError as exc:
+            raise TaskControlError('maintenance_work_mem: %s' % exc) from None
         store = self.open_store(create=False)
         task = store.get_task(self.name) if store else None
         if task and task['stage'] != 'cancelled':
@@ -252,7 +256,9 @@ class TaskControl:
             done = worker.release_task_objects(
                 self.source, self.destination, self.name, names,
                 drop_destination=self.params.get('drop_destination', False),
-                created_databases=[d['dbname'] for d in databases if d['created_database']], tables=tables)
+                created_databases=[d['dbname'] for d in databases if d['created_database']], tables=tables,
+                existing_objects={d['dbname']: store.existing_objects(self.name, d['dbname']) for d in databases
+                                  if not d['created_database']})
         except ConnectionFailure as exc:
             raise TaskControlError('cancel of %s stopped the worker but could not clean up: %s' % (self.name, exc.message))
         store.finish_task(self.name, 'cancelled', {'cancelled_at': datetime.datetime.now(datetime.timezone.utc),

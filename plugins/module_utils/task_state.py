@@ -74,7 +74,8 @@ _STATE_DDL = (
         stage_changed_at timestamptz NOT NULL DEFAULT now(),
         finished_at timestamptz,
         summary jsonb,
-        log jsonb NOT NULL DEFAULT '[]')""",
+        log jsonb NOT NULL DEFAULT '[]',
+        roles_done boolean NOT NULL DEFAULT false)""",
     """CREATE TABLE IF NOT EXISTS pgdts.task_database (
         task text NOT NULL REFERENCES pgdts.task (name) ON DELETE CASCADE,
         dbname text NOT NULL,
@@ -108,6 +109,14 @@ _STATE_DDL = (
         PRIMARY KEY (task, dbname, schema_name, table_name))""",
 )
 
+# Columns added after the first release: (table, column, definition). State databases created before them get them
+# when a run opens the state with create=True (only when missing, so that no lock is taken otherwise).
+_STATE_COLUMNS = (
+    ('task', 'roles_done', 'boolean NOT NULL DEFAULT false'),     # migrate_roles: the roles were brought over
+    # a destination database that existed before the task: its own objects before the schema restore (addresses of
+    # schema.own_objects()), so that drop_destination removes only what the task created
+    ('task_database', 'existing_objects', 'jsonb'),
+)
 
 # advisory lock key held while the state tables are created ('pgdts' as an integer)
 _STATE_DDL_LOCK = 0x7067647473
@@ -168,6 +177,11 @@ class TaskStore:
                 self.conn.execute('SELECT pg_catalog.pg_advisory_xact_lock(%s)', (_STATE_DDL_LOCK,))
                 for ddl in _STATE_DDL:
                     self.conn.execute(ddl)
+                for table, column, definition in _STATE_COLUMNS:
+                    if not query_one(self.conn, 'SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = %s::regclass '
+                                                'AND attname = %s AND NOT attisdropped', ('pgdts.' + table, column)):
+                        self.conn.execute(sql.SQL('ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} ' + definition).format(
+                            sql.Identifier(STATE_SCHEMA, table), sql.Identifier(column)))
         return True
 
     def try_finish_lock(self, task):
@@ -242,6 +256,14 @@ class TaskStore:
         self.conn.execute("UPDATE pgdts.task SET log = (log || %s::jsonb) WHERE name = %s",
                           (json.dumps([entry]), name))
 
+    def roles_done(self, name):
+        """True once the task's roles were brought to the destination (migrate_roles)."""
+        row = query_one(self.conn, 'SELECT roles_done FROM pgdts.task WHERE name = %s', (name,))
+        return bool(row and row[0])
+
+    def set_roles_done(self, name):
+        self.conn.execute('UPDATE pgdts.task SET roles_done = true WHERE name = %s', (name,))
+
     def finish_task(self, name, stage, summary):
         self.conn.execute('UPDATE pgdts.task SET stage = %s, summary = %s, finished_at = now(), request = NULL, '
                           'stage_changed_at = now() WHERE name = %s', (stage, json.dumps(summary, default=str), name))
@@ -261,12 +283,24 @@ class TaskStore:
         return [dict(zip(keys, r)) for r in rows]
 
     def update_database(self, task, dbname, **values):
-        casts = {'slot_lsn': '::pg_lsn', 'synced_lsn': '::pg_lsn', 'source_lsn': '::pg_lsn'}
+        casts = {'slot_lsn': '::pg_lsn', 'synced_lsn': '::pg_lsn', 'source_lsn': '::pg_lsn', 'existing_objects': '::jsonb'}
         assignments = sql.SQL(', ').join(
             sql.SQL('{} = %s' + casts.get(key, '')).format(sql.Identifier(key)) for key in values)
-        params = [lsn_text(v) if k in casts and isinstance(v, int) else v for k, v in values.items()]
+        params = [lsn_text(v) if k in casts and isinstance(v, int) else
+                  json.dumps(v) if k == 'existing_objects' and v is not None else v for k, v in values.items()]
         self.conn.execute(sql.SQL('UPDATE pgdts.task_database SET {} WHERE task = %s AND dbname = %s').format(assignments),
                           params + [task, dbname])
+
+    def existing_objects(self, task, dbname):
+        """The destination database's own objects before the task's schema restore; None when not recorded (the task
+        created the database, or it started before this was recorded)."""
+        import psycopg
+        try:
+            row = query_one(self.conn, 'SELECT existing_objects FROM pgdts.task_database WHERE task = %s AND dbname = %s',
+                            (task, dbname))
+        except psycopg.errors.UndefinedColumn:
+            return None     # a state database no worker of this version has opened yet
+        return row[0] if row else None
 
     def schema_dump(self, task, dbname):
         row = query_one(self.conn, 'SELECT schema_dump FROM pgdts.task_database WHERE task = %s AND dbname = %s',

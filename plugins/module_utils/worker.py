@@ -10,6 +10,7 @@ passwords from the 0600 `credentials.json`, and keeps its durable state on the d
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import datetime
 import errno
@@ -34,7 +35,7 @@ from ansible_collections.pgdts.migration.plugins.module_utils.task_state import 
 
 PACKAGE = 'ansible_collections.pgdts.migration.plugins.module_utils'
 ENGINE_MODULES = ('connection', 'catalog', 'checks', 'schema', 'copy', 'decoding', 'apply', 'task_state', 'worker',
-                  'compare')
+                  'compare', 'roles')
 HEARTBEAT_SECONDS = 5
 # Reading through the SQL functions: advance the slot at most this often (an advance decodes from restart_lsn again).
 SQL_ADVANCE_SECONDS = 2.0
@@ -188,9 +189,10 @@ def stop_worker(paths, timeout=60, grace=None):
 # Objects of a task on the servers
 
 def release_task_objects(source, destination, task, databases, drop_destination=False, created_databases=(),
-                         tables=None, log=None):
+                         tables=None, log=None, existing_objects=None):
     """Drop the task's slots and publications on the source and origins on the destination (and, when asked,
-    what the task created on the destination). Missing objects are fine: this can run twice."""
+    what the task created on the destination: the databases it created; in the others, what was not there before,
+    as `existing_objects` {dbname: addresses} recorded). Missing objects are fine: this can run twice."""
     from ansible_collections.pgdts.migration.plugins.module_utils import apply, decoding
     log = log or (lambda msg: None)
     done = []
@@ -210,9 +212,18 @@ def release_task_objects(source, destination, task, databases, drop_destination=
                 conn.execute(sql.SQL('ALTER DATABASE {} RESET default_transaction_read_only').format(
                     sql.Identifier(dbname)))
                 if drop_destination and dbname not in created_databases:
-                    for schema_name, table_name in (tables or {}).get(dbname, []):
-                        conn.execute(sql.SQL('DROP TABLE IF EXISTS {} CASCADE').format(
-                            sql.Identifier(schema_name, table_name)))
+                    existing = (existing_objects or {}).get(dbname)
+                    if existing is not None:
+                        # everything the task created in the database, nothing that was there before
+                        dropped = schema.drop_objects(conn, schema.created_objects(conn, existing))
+                        kinds = collections.Counter(kind for kind, _identity in dropped)
+                        done.append('destination %s: dropped what the task created: %s' % (
+                            dbname, ', '.join('%d %s' % (n, kind) for kind, n in sorted(kinds.items())) or 'nothing'))
+                    else:
+                        # a task that started before its database's own objects were recorded: its tables
+                        for schema_name, table_name in (tables or {}).get(dbname, []):
+                            conn.execute(sql.SQL('DROP TABLE IF EXISTS {} CASCADE').format(
+                                sql.Identifier(schema_name, table_name)))
         except ConnectionFailure as exc:
             if exc.kind != 'database_missing':
                 raise
@@ -472,6 +483,12 @@ class TaskRunner:
             self.check_stop()
             self.store.ensure_database_row(self.name, dbname, task_state.object_name(self.name, dbname))
         self.store.set_stage(self.name, 'schema')
+        if self.spec.get('migrate_roles') and not self.store.roles_done(self.name):
+            # once per task, before any schema (its owners and grants name these roles); all or nothing
+            from ansible_collections.pgdts.migration.plugins.module_utils import roles
+            result = roles.migrate_roles(self.source, self.destination)
+            self.store.set_roles_done(self.name)
+            self.event(roles.describe(result))
         for dbname in self.spec['databases']:
             row = [d for d in self.store.databases(self.name) if d['dbname'] == dbname][0]
             if not row['schema_done']:
@@ -488,9 +505,15 @@ class TaskRunner:
         with connect(self.destination, application_name='pgdts-worker') as admin, \
                 connect(self.source, application_name='pgdts-worker') as src_admin:
             props = schema.database_properties(src_admin, dbname)
-            if schema.ensure_database(admin, dbname, props):
+            created = schema.ensure_database(admin, dbname, props)
+            if created:
                 self.store.update_database(self.name, dbname, created_database=True)
                 self.event('created database "%s" on the destination' % dbname)
+        if not created and not row['created_database'] and self.store.existing_objects(self.name, dbname) is None:
+            # the database was there before: note its own objects once, before anything of the task is restored into
+            # it, so that a cancel with drop_destination removes only what the task created
+            with connect(self.destination, dbname, application_name='pgdts-worker') as dst:
+                self.store.update_database(self.name, dbname, existing_objects=schema.own_objects(dst))
         with connect(self.source, dbname, application_name='pgdts-worker') as src:
             all_tables, chosen = self.selected_tables(src, dbname)
             decoding.drop_slot(src, name, missing_ok=True)
@@ -580,8 +603,9 @@ class TaskRunner:
         builder = None
         if dump_path:
             builder = copy_mod.IndexBuilder(
-                plan, lambda lines, started: schema.restore_entries(self.destination, dbname, dump_path, lines, jobs=jobs,
-                                                                    keep_owners=keep_owners, started=started),
+                plan, lambda lines, started: schema.restore_entries(
+                    self.destination, dbname, dump_path, lines, jobs=jobs, keep_owners=keep_owners, started=started,
+                    maintenance_work_mem=self.spec.get('maintenance_work_mem')),
                 lambda: connect(self.destination, dbname, application_name='pgdts-analyze', options=WRITER_OPTIONS),
                 stop_event=self.stop_event, log=self.log)
 
@@ -636,6 +660,7 @@ class TaskRunner:
     def build_indexes(self):
         jobs = int(self.spec.get('jobs', 4))
         keep_owners = self.spec.get('migrate_roles', False)
+        index_memory = self.spec.get('maintenance_work_mem')
         for row in self.store.databases(self.name):
             self.check_stop()
             dbname = row['dbname']
@@ -652,11 +677,11 @@ class TaskRunner:
                     _plan, built = schema.table_post_data(src, dst, schema.toc_entries(dump_path))
                 try:
                     schema.restore_section(self.destination, dbname, dump_path, 'post-data', jobs=jobs,
-                                           keep_owners=keep_owners, skip=built)
+                                           keep_owners=keep_owners, skip=built, maintenance_work_mem=index_memory)
                 except schema.SchemaError:
                     # A retry after a crash may find part of the post-data already built: restore with --clean.
                     schema.restore_section(self.destination, dbname, dump_path, 'post-data', jobs=jobs, clean=True,
-                                           keep_owners=keep_owners)
+                                           keep_owners=keep_owners, maintenance_work_mem=index_memory)
             finally:
                 os.unlink(dump_path)
             self.log('database "%s": post-data restored' % dbname)

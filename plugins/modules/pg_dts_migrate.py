@@ -81,14 +81,25 @@ options:
       - Parallel copy streams and index builds.
     type: int
     default: 4
+  maintenance_work_mem:
+    description:
+      - C(maintenance_work_mem) of the destination sessions that build the copied tables' indexes and constraints,
+        as a PostgreSQL memory size (V(512MB), V(2GB)). A sort that fits in it is done in memory; a larger one spills
+        to temporary files, which is slower. Up to O(jobs) such sessions run at once, so the destination may use up to
+        O(jobs) times this much memory for them (a session takes only what its sort needs).
+      - The server's own setting applies to nothing else.
+    type: str
+    default: 512MB
   start_at:
     description:
       - ISO 8601 time at which the task starts (stage V(scheduled) until then). A time without zone is local time.
     type: str
   drop_destination:
     description:
-      - With O(state=absent), also remove what the task created on the destination (the databases it created, or the
-        tables it copied into existing databases), so that a new run can start clean.
+      - With O(state=absent), also remove what the task created on the destination, so that a new run can start
+        clean. A database the task created is dropped. In a database that existed before the task, exactly the
+        objects that were not there before the task's schema restore are dropped (tables, sequences, views, types,
+        domains, functions, schemas, extensions, ...); what the database held before stays.
     type: bool
     default: false
   protect_destination:
@@ -99,7 +110,23 @@ options:
     default: true
   migrate_roles:
     description:
-      - Keep object owners and privileges. The roles must exist on the destination.
+      - Bring the source's roles to the destination and keep object owners and privileges (C(GRANT)s) in the schema.
+      - Once per task, before the first database's schema, the worker reads every role of the source except the
+        predefined C(pg_*) roles and the bootstrap superuser, and creates each one the destination lacks, in one
+        transaction, with the same attributes (C(SUPERUSER), C(CREATEDB), C(CREATEROLE), C(INHERIT), C(LOGIN),
+        C(REPLICATION), C(BYPASSRLS), C(CONNECTION LIMIT), C(VALID UNTIL)), its role memberships (with C(ADMIN OPTION))
+        and its role-wide settings (C(ALTER ROLE ... SET), not those set for one database only). The task's log says
+        which roles were created and which were kept.
+      - Roles that already exist on the destination are not altered (attributes, password, settings stay as they
+        are); memberships between them and the roles the task creates are granted.
+      - Password hashes are copied only when the source login may read C(pg_authid) (a superuser). Otherwise the
+        roles are created without password, the task's log names the login roles concerned, and setting their
+        passwords is left to the user. A hash is never logged or returned; the worker turns statement logging off for
+        its transaction when the destination login may do so (a superuser).
+      - Creating roles needs C(CREATEROLE) on the destination; copying a superuser role (and, up to PostgreSQL 15,
+        a C(REPLICATION) or C(BYPASSRLS) role) needs a destination superuser. When that is missing the task fails at
+        stage V(schema) with an error that names the roles, and no role is created. Restoring owners needs a
+        destination login that may take each owner role (a superuser, or a member of those roles).
     type: bool
     default: false
   wait:
@@ -252,6 +279,7 @@ def main():
         plugin=dict(type='str', choices=['pgoutput', 'wal2json'], default='pgoutput'),
         incremental=dict(type='bool', default=True),
         jobs=dict(type='int', default=4),
+        maintenance_work_mem=dict(type='str', default='512MB'),
         start_at=dict(type='str'),
         drop_destination=dict(type='bool', default=False),
         protect_destination=dict(type='bool', default=True),

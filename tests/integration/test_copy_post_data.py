@@ -97,3 +97,63 @@ def test_post_data_objects_and_statistics_match_the_source(servers, ansible, tmp
     assert dst.value("SELECT count(*) FROM pg_stats WHERE tablename = 'child_lower_note_idx'", dbname=dbname) == 1
     # the partitioned parent has statistics over its partitions
     assert dst.value("SELECT count(*) FROM pg_stats WHERE tablename = 'measures' AND inherited", dbname=dbname) > 0
+
+
+def test_index_builds_use_the_task_maintenance_work_mem(servers, ansible, tmp_path):
+    """Every index the task builds (during the copy and at the end) sorts with the task's maintenance_work_mem,
+    not the server's (64MB here). trace_sort writes each index sort's workMem to the server log."""
+    src, dst = servers
+    dbname = 'postdata_memory'
+    src.create_database(dbname)
+    with src.connect(dbname) as conn:
+        conn.execute('CREATE EXTENSION btree_gist')
+        conn.execute(SCHEMA)
+    assert dst.value("SELECT current_setting('maintenance_work_mem')") == '64MB'
+    with open(dst.logfile, 'rb') as handle:
+        log_start = len(handle.read())
+    dst.execute('ALTER ROLE postgres SET trace_sort = on')
+    dst.execute("ALTER SYSTEM SET log_line_prefix = '%m [%p] app=%a: '")
+    dst.reload()
+    try:
+        args = {'name': 'postdata_memory', 'source': src.spec(), 'destination': dst.spec(),
+                'worker_dir': str(tmp_path / 'workers'), 'jobs': 2, 'databases': [dbname], 'incremental': False,
+                'maintenance_work_mem': '3 MB', 'wait': 'copied', 'wait_timeout': 300}
+        status, result = ansible.module('pgdts.migration.pg_dts_migrate', args)
+    finally:
+        dst.execute('ALTER ROLE postgres RESET trace_sort')
+        dst.execute('ALTER SYSTEM RESET log_line_prefix')
+        dst.reload()
+    assert status == 'changed', result
+    assert result['task']['stage'] == 'finished', result['task']
+    with open(dst.logfile, 'rb') as handle:
+        log = handle.read()[log_start:].decode('utf-8', 'replace')
+    # index sorts of the sessions that restore the schema, each with the statement it belongs to (the next STATEMENT
+    # line of its process); CREATE TABLE sorts only the empty TOAST index of the new table
+    sorts, pending = [], {}
+    for line in log.splitlines():
+        if 'app=pgdts-schema:' not in line:
+            continue
+        pid = line.split('[', 1)[1].split(']', 1)[0]
+        if 'begin index sort' in line:
+            pending.setdefault(pid, []).append(line)
+        elif 'STATEMENT:' in line:
+            statement = line.split('STATEMENT:', 1)[1].strip()
+            sorts += [(sort, statement) for sort in pending.pop(pid, [])]
+    builds = [(sort, statement) for sort, statement in sorts if not statement.startswith('CREATE TABLE')]
+    # the btree indexes of the schema: built during the copy (plain tables) and at the end (partitions)
+    assert sum('workMem = 3072,' in sort for sort, _statement in builds) >= 8, builds
+    assert not [b for b in builds if 'workMem = 65536,' in b[0]], builds
+    assert any('measures_2025' in statement for _sort, statement in builds), builds
+    assert objects(dst, dbname) == objects(src, dbname)
+
+
+def test_maintenance_work_mem_that_is_no_memory_size_is_refused(servers, ansible, tmp_path):
+    src, dst = servers
+    args = {'name': 'postdata_bad_memory', 'source': src.spec(), 'destination': dst.spec(),
+            'worker_dir': str(tmp_path / 'workers'), 'databases': ['postgres'], 'maintenance_work_mem': 'lots'}
+    status, result = ansible.module('pgdts.migration.pg_dts_migrate', args)
+    assert status == 'failed', result
+    assert 'maintenance_work_mem' in result['msg'] and 'not a memory size' in result['msg'], result['msg']
+    assert not (tmp_path / 'workers').exists() or not list((tmp_path / 'workers').iterdir())
+    assert dst.value("SELECT count(*) FROM pg_database WHERE datname = 'pgdts'") == 0 or \
+        dst.value("SELECT count(*) FROM pgdts.task WHERE name = 'postdata_bad_memory'", dbname='pgdts') == 0
