@@ -188,7 +188,9 @@ class _Holder:
 
 
 class _Ctx:
-    def __init__(self, source, destination, task, databases, tables, exclude_tables, plugin, incremental, resuming):
+    def __init__(self, source, destination, task, databases, tables, exclude_tables, plugin, incremental, resuming,
+                 migrate_roles=False):
+        self.migrate_roles = bool(migrate_roles)
         self.source_spec = source
         self.dest_spec = destination
         self.task = task
@@ -1961,6 +1963,34 @@ def disk_space_status(required, free):
     return PASS, 'enough'
 
 
+def check_roles(ctx):
+    """migrate_roles: the roles the task would create on the destination, and whether the destination login may."""
+    cid = 'destination.roles'
+    if not ctx.migrate_roles:
+        return _item(cid, PASS, 'migrate_roles is off: roles are not copied (object owners and privileges are left out)')
+    if not ctx.src.ok:
+        return _skip_source(cid)
+    if not ctx.dst.ok:
+        return _skip_destination(cid)
+    from ansible_collections.pgdts.migration.plugins.module_utils import roles
+    with connect(ctx.source_spec, application_name='pgdts-verify') as src, \
+            connect(ctx.dest_spec, application_name='pgdts-verify') as dst:
+        found = roles.preview(src, dst)
+    objects = [{'type': 'role', 'name': name, 'action': 'create'} for name in found['create']] + \
+        [{'type': 'role', 'name': name, 'action': 'keep'} for name in found['kept']]
+    counts = '%d role(s) to create, %d already on the destination (left as they are), %d membership(s) to grant' % (
+        len(found['create']), len(found['kept']), found['memberships'])
+    if found['problem']:
+        return _item(cid, FAILED, found['problem'], 'Connect to the destination as a superuser (or a role with '
+                     'CREATEROLE when no superuser role is to be created), or create the roles there first.', objects)
+    if found['without_password']:
+        return _item(cid, WARNING, '%s; the source login may not read password hashes (pg_authid), so %s will be '
+                     'created without a password' % (counts, ', '.join('"%s"' % n for n in found['without_password'])),
+                     'Connect to the source as a superuser to copy the passwords, or set them on the destination '
+                     'after the copy.', objects)
+    return _item(cid, PASS, counts, '', objects)
+
+
 def check_disk_space(ctx):
     cid = 'destination.disk_space'
     if not ctx.src.ok:
@@ -2033,6 +2063,7 @@ CHECKS = (
     check_apply_privilege,
     check_replication_origins,
     check_conflicts,
+    check_roles,
     check_disk_space,
 )
 
@@ -2047,7 +2078,7 @@ CHECK_IDS = (
     'tables.unlogged', 'tables.materialized_views', 'tables.large_objects', 'tables.generated_columns',
     'tables.foreign_keys', 'destination.extensions', 'destination.encoding', 'destination.collation',
     'destination.create_privilege', 'destination.apply_privilege', 'destination.replication_origins',
-    'destination.conflicts', 'destination.disk_space',
+    'destination.conflicts', 'destination.roles', 'destination.disk_space',
 )
 
 
@@ -2080,10 +2111,11 @@ def task_is_resumable(destination, task):
 
 
 def run_checks(source, destination, task, databases=None, tables=None, exclude_tables=None, plugin='pgoutput',
-               incremental=True, resuming=False):
+               incremental=True, resuming=False, migrate_roles=False):
     """source/destination: connection.ServerSpec. Returns a list of CheckItem dicts
     {'id': str, 'status': 'pass'|'warning'|'failed', 'message': str, 'hint': str, 'objects': list}."""
-    ctx = _Ctx(source, destination, task, databases, tables, exclude_tables, plugin, incremental, resuming)
+    ctx = _Ctx(source, destination, task, databases, tables, exclude_tables, plugin, incremental, resuming,
+               migrate_roles)
     try:
         task_state.validate_task_name(task)
         ctx.object_re = task_state.object_name_re(task)

@@ -326,6 +326,23 @@ def plan(roles, memberships, existing_roles, existing_memberships):
     return to_create, kept, grants, skipped
 
 
+def preview(src_conn, dst_conn):
+    """What migrate_roles() would do, read only: {'create': [names], 'kept': [names], 'memberships': n,
+    'passwords_read': bool, 'problem': None or the RolesError message it would fail with}."""
+    roles, memberships, passwords_read = read_source(src_conn)
+    existing_roles = {r[0] for r in query_all(dst_conn, 'SELECT rolname FROM pg_catalog.pg_roles')}
+    existing_memberships = {(r[0], r[1]) for r in query_all(dst_conn, _DESTINATION_MEMBERSHIPS)}
+    to_create, kept, grants, _skipped = plan(roles, memberships, existing_roles, existing_memberships)
+    problem = None
+    try:
+        _check_privileges(dst_conn, to_create)
+    except RolesError as exc:
+        problem = str(exc)
+    return {'create': [r.name for r in to_create], 'kept': kept, 'memberships': len(grants),
+            'passwords_read': passwords_read, 'without_password': [] if passwords_read else
+            [r.name for r in to_create if r.login], 'problem': problem}
+
+
 def migrate_roles(source, destination):
     """Bring the source's roles to the destination (see the module docstring). Returns a plain dict without secrets:
     created, kept (role names), memberships (granted: role, member, admin_option), memberships_skipped, settings

@@ -173,7 +173,8 @@ class TaskControl:
         items = checks_mod.run_checks(self.source, self.destination, self.name, databases=databases,
                                       tables=self.params.get('tables'), exclude_tables=self.params.get('exclude_tables'),
                                       plugin=self.params.get('plugin', 'pgoutput'),
-                                      incremental=self.params.get('incremental', True), resuming=False)
+                                      incremental=self.params.get('incremental', True), resuming=False,
+                                      migrate_roles=self.params.get('migrate_roles', False))
         failed = [c for c in items if c['status'] == 'failed']
         if failed:
             raise TaskControlError('task %s not started: %d check(s) failed: %s' % (

@@ -68,6 +68,13 @@ options:
       - Without it, missing replica identities and unlogged tables do not matter.
     type: bool
     default: true
+  migrate_roles:
+    description:
+      - Whether the task copies the source's roles (O(pgdts.migration.pg_dts_migrate#module:migrate_roles)). With it,
+        the check C(destination.roles) lists the roles to create and fails when the destination login may not create
+        them; it warns when the source login may not read the password hashes.
+    type: bool
+    default: false
   fail_on:
     description:
       - When the module fails.
@@ -237,6 +244,7 @@ def main():
         exclude_tables=dict(type='list', elements='str'),
         plugin=dict(type='str', default='pgoutput', choices=['pgoutput', 'wal2json']),
         incremental=dict(type='bool', default=True),
+        migrate_roles=dict(type='bool', default=False),
         fail_on=dict(type='str', default='failed', choices=['failed', 'warning', 'never']),
     )
     argument_spec.update(ansible_common.server_argument_spec('source', 'destination'))
@@ -253,7 +261,7 @@ def main():
     resuming = task_is_resumable(destination, params['name'])
     items = run_checks(source, destination, params['name'], databases=params['databases'], tables=params['tables'],
                        exclude_tables=params['exclude_tables'], plugin=params['plugin'],
-                       incremental=params['incremental'], resuming=resuming)
+                       incremental=params['incremental'], resuming=resuming, migrate_roles=params['migrate_roles'])
     summary = summarize(items)
     blocking = blocking_items(items, params['fail_on'])
     result = dict(changed=False, checks=items, summary=summary, passed=summary[FAILED] == 0,

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from ansible_collections.pgdts.migration.plugins.module_utils import roles, worker
+from ansible_collections.pgdts.migration.plugins.module_utils import checks, roles, worker
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import ServerSpec
 from ansible_collections.pgdts.migration.plugins.module_utils.task_state import TaskStore
 from tests.reliability.support import create_login_role
@@ -317,3 +317,44 @@ def test_state_database_of_an_older_version_gets_the_roles_flag(pg_factory):
     with TaskStore(server_spec(dst)) as store:          # opening again changes nothing
         store.open(create=True)
         assert store.roles_done('old_task') is True
+
+
+def test_verify_reports_the_roles_and_a_task_that_could_not_create_them_does_not_start(pg_factory, ansible, tmp_path):
+    src, dst = pg_factory('rvsrc'), pg_factory('rvdst')
+    create_login_role(src, 'v_boss', ADMIN_PW, 'SUPERUSER')
+    create_login_role(src, 'v_user', USER_PW)
+    src.create_database('rv')
+    src.execute('CREATE TABLE t (id int PRIMARY KEY)', dbname='rv')
+    create_login_role(dst, 'v_creator', CREATOR_PW, 'CREATEDB CREATEROLE')
+    creator = server_spec(dst, 'v_creator', CREATOR_PW)
+    roles_before = rows(dst, 'SELECT rolname FROM pg_roles ORDER BY 1')
+
+    def roles_item(source, destination, migrate_roles=True):
+        items = checks.run_checks(source, destination, 'rv_task', databases=['rv'], migrate_roles=migrate_roles)
+        return [i for i in items if i['id'] == 'destination.roles'][0]
+
+    item = roles_item(server_spec(src), creator)
+    assert item['status'] == 'failed', item
+    assert 'role "v_boss" is a superuser on the source' in item['message'], item
+    assert {'type': 'role', 'name': 'v_boss', 'action': 'create'} in item['objects']
+    assert roles_item(server_spec(src), creator, migrate_roles=False)['status'] == 'pass'
+
+    # the module refuses to start the task: nothing is created, no worker runs
+    args = {'name': 'rv_task', 'source': src.spec(), 'destination': dict(dst.spec(), user='v_creator',
+                                                                         password=CREATOR_PW),
+            'databases': ['rv'], 'migrate_roles': True, 'worker_dir': str(tmp_path / 'workers')}
+    status, result = ansible.module('pgdts.migration.pg_dts_migrate', args)
+    assert status == 'failed', result
+    assert 'destination.roles' in result['msg'] and 'v_boss' in result['msg'], result['msg']
+    assert rows(dst, 'SELECT rolname FROM pg_roles ORDER BY 1') == roles_before
+    assert dst.value("SELECT count(*) FROM pg_database WHERE datname = 'rv'") == 0
+    assert ADMIN_PW not in json.dumps(result) and hashes(src, ['v_boss'])[0] not in json.dumps(result)
+
+    # a superuser destination may create them all; a source login that may not read pg_authid gives a warning
+    item = roles_item(server_spec(src), server_spec(dst))
+    assert item['status'] == 'pass', item
+    assert item['message'].startswith('2 role(s) to create'), item
+    create_login_role(src, 'v_reader', CREATOR_PW)
+    item = roles_item(server_spec(src, 'v_reader', CREATOR_PW), server_spec(dst))
+    assert item['status'] == 'warning', item
+    assert 'created without a password' in item['message'] and '"v_user"' in item['message'], item
