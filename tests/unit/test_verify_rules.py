@@ -65,5 +65,9 @@ def test_run_checks_never_raises_for_bad_options():
     assert by_id['tables.selection']['status'] == 'failed'
     assert by_id['source.connection']['status'] == 'failed'
     assert 'cannot reach 127.0.0.1:1' in by_id['source.connection']['message']
-    assert {i['id'] for i in items if i['status'] != 'failed'} == {'plugin.numeric_special_values'}
+    # only the items that do not apply pass: numeric values (pgoutput), roles (migrate_roles is off)
+    assert {i['id'] for i in items if i['status'] != 'failed'} == {'plugin.numeric_special_values', 'destination.roles'}
     assert 'the check itself failed' not in repr(items)
+    roles_item = [i for i in checks.run_checks(nowhere, nowhere, 'task', migrate_roles=True)
+                  if i['id'] == 'destination.roles'][0]
+    assert roles_item['status'] == 'failed' and 'could not connect' in roles_item['message'], roles_item
