@@ -271,10 +271,12 @@ class TocEntry:
 _TOC_LINE = re.compile(r'^(\d+); (\d+) (\d+) ')
 
 
-def toc_entries(dump_path, bindir=None):
-    """Every entry of the dump's table of contents (pg_restore --list), in order."""
-    listing = _run([client_program('pg_restore', bindir), '--list', dump_path], {},
-                   'pg_restore --list').stdout.decode('utf-8', 'replace')
+def toc_entries(dump_path, bindir=None, section=None):
+    """Every entry of the dump's table of contents (pg_restore --list), in order; only those of `section` if given."""
+    argv = [client_program('pg_restore', bindir), '--list', dump_path]
+    if section:
+        argv[2:2] = ['--section', section]
+    listing = _run(argv, {}, 'pg_restore --list').stdout.decode('utf-8', 'replace')
     entries = []
     for line in listing.splitlines():
         found = _TOC_LINE.match(line)

@@ -675,13 +675,15 @@ class TaskRunner:
                 with connect(self.source, dbname, application_name='pgdts-worker') as src, \
                         connect(self.destination, dbname, application_name='pgdts-worker') as dst:
                     _plan, built = schema.table_post_data(src, dst, schema.toc_entries(dump_path))
-                try:
-                    schema.restore_section(self.destination, dbname, dump_path, 'post-data', jobs=jobs,
-                                           keep_owners=keep_owners, skip=built, maintenance_work_mem=index_memory)
-                except schema.SchemaError:
-                    # A retry after a crash may find part of the post-data already built: restore with --clean.
-                    schema.restore_section(self.destination, dbname, dump_path, 'post-data', jobs=jobs, clean=True,
-                                           keep_owners=keep_owners, maintenance_work_mem=index_memory)
+                # nothing left (every post-data object was built during the copy): no pg_restore session at all
+                if any(e.line not in built for e in schema.toc_entries(dump_path, section='post-data')):
+                    try:
+                        schema.restore_section(self.destination, dbname, dump_path, 'post-data', jobs=jobs,
+                                               keep_owners=keep_owners, skip=built, maintenance_work_mem=index_memory)
+                    except schema.SchemaError:
+                        # A retry after a crash may find part of the post-data already built: restore with --clean.
+                        schema.restore_section(self.destination, dbname, dump_path, 'post-data', jobs=jobs,
+                                               clean=True, keep_owners=keep_owners, maintenance_work_mem=index_memory)
             finally:
                 os.unlink(dump_path)
             self.log('database "%s": post-data restored' % dbname)
