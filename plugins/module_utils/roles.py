@@ -30,6 +30,10 @@ except ImportError:  # pragma: no cover - connection.require_psycopg() reports i
     sql = None
 
 
+# advisory lock key (in the destination database the connection uses) held while roles are created: 'pgdtsrol'
+ROLES_LOCK = 0x7067647473726F6C
+
+
 class RolesError(Exception):
     """Roles could not be brought to the destination; nothing was created. The message names the role."""
 
@@ -353,14 +357,17 @@ def migrate_roles(source, destination):
         roles, memberships, passwords_read = read_source(src)
     secrets = [r.password for r in roles if r.password]
     with connect(destination, application_name='pgdts-roles', options=WRITER_OPTIONS) as conn:
-        existing_roles = {r[0] for r in query_all(conn, 'SELECT rolname FROM pg_catalog.pg_roles')}
-        existing_memberships = {(r[0], r[1]) for r in query_all(conn, _DESTINATION_MEMBERSHIPS)}
-        to_create, kept, grants, skipped = plan(roles, memberships, existing_roles, existing_memberships)
-        _check_privileges(conn, to_create)
         settings = []
         refused = []
-        if to_create or grants:
-            with conn.transaction():
+        with conn.transaction():
+            # two tasks bringing roles to one destination at once: the second waits, then sees the first one's roles
+            # as existing (kept) instead of failing on them
+            conn.execute('SELECT pg_catalog.pg_advisory_xact_lock(%s)', (ROLES_LOCK,))
+            existing_roles = {r[0] for r in query_all(conn, 'SELECT rolname FROM pg_catalog.pg_roles')}
+            existing_memberships = {(r[0], r[1]) for r in query_all(conn, _DESTINATION_MEMBERSHIPS)}
+            to_create, kept, grants, skipped = plan(roles, memberships, existing_roles, existing_memberships)
+            _check_privileges(conn, to_create)
+            if to_create or grants:
                 refused = _quiet_logging(conn)
                 for role in to_create:
                     _execute(conn, create_role_statement(role), 'creating role "%s"' % role.name, secrets)

@@ -6,6 +6,7 @@ login may not create fails the task and creates nothing."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import psycopg
@@ -358,3 +359,37 @@ def test_verify_reports_the_roles_and_a_task_that_could_not_create_them_does_not
     item = roles_item(server_spec(src, 'v_reader', CREATOR_PW), server_spec(dst))
     assert item['status'] == 'warning', item
     assert 'created without a password' in item['message'] and '"v_user"' in item['message'], item
+
+
+def test_two_tasks_bringing_the_same_roles_at_once_both_succeed(pg_factory):
+    src, dst = pg_factory('rcsrc'), pg_factory('rcdst')
+    create_login_role(src, 'c_login', USER_PW)
+    src.execute('CREATE ROLE c_group NOLOGIN')
+    src.execute('GRANT c_group TO c_login')
+    results, errors = [], []
+
+    def bring():
+        try:
+            results.append(roles.migrate_roles(server_spec(src), server_spec(dst)))
+        except Exception as exc:  # pylint: disable=broad-except
+            errors.append(exc)
+
+    # hold the roles lock so that both calls are inside migrate_roles before either may go on
+    with dst.connect() as holder:
+        holder.execute('SELECT pg_advisory_lock(%s)', (roles.ROLES_LOCK,))
+        threads = [threading.Thread(target=bring) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        deadline = time.time() + 30
+        while time.time() < deadline and dst.value(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted") < 2:
+            time.sleep(0.05)
+        assert dst.value("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted") == 2
+        holder.execute('SELECT pg_advisory_unlock(%s)', (roles.ROLES_LOCK,))
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert sorted(sorted(r['created']) for r in results) == [[], ['c_group', 'c_login']]
+    assert sorted(sorted(r['kept']) for r in results)[1] == ['c_group', 'c_login']
+    assert dst.value("SELECT count(*) FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
+                     "JOIN pg_roles u ON u.oid = m.member WHERE g.rolname = 'c_group' AND u.rolname = 'c_login'") == 1
