@@ -92,7 +92,7 @@ def section_copy(servers, cfg, out):
     summary = out['copy']['pgbench']['summary']
     if summary.get('_fastest_peer'):
         say('copy floor: pgbench_accounts alone, %d run(s)' % cfg['runs'])
-        out['copy']['pgbench']['floor'] = copy_bench.floor(servers, main_db, 'pgbench_accounts', cfg['runs'])
+        out['copy']['pgbench']['floor'] = copy_bench.floor_vs_peer(bench, main_db, 'pgbench_accounts', cfg['runs'])
     out['_copy_known'] = {(main_db, cfg['jobs']): pgbench_runs[copy_bench.OURS]}
     common.drop_database(servers.src, 'many_tables')
     copy_bench.print_comparison('Full copy of pgbench scale %d' % cfg['scale'], out['copy']['pgbench']['summary'],
@@ -805,6 +805,12 @@ def observations(summary, data):
                      low['table'], low['copy'], low['index'], low['analyze'], low['total'], low['total'] / peer,
                      fastest, 0.8 * peer, (low['copy'] + low['index']) / peer, low['copy'] + low['index'],
                      low['copy_2_streams']))
+        if low.get('pairs'):
+            text += (' Each floor run was followed at once by a pg_dump | psql copy of the whole database, so that '
+                     'both meet the same load: floor / pg_dump | psql = %s, median %.2f; 0.8 is %s the floor.' % (
+                         ', '.join('%.2f s / %.2f s = %.2f' % (p['floor'], p['peer'], p['ratio'])
+                                   for p in low['pairs']), low['ratio'],
+                         'below' if low['ratio'] > 0.8 else 'above'))
     return text
 
 

@@ -237,12 +237,35 @@ def floor(servers, dbname, table, runs, maintenance_work_mem='512MB'):
     return result
 
 
+def floor_vs_peer(bench, dbname, table, runs):
+    """floor() and a pg_dump | psql copy of `dbname` back to back, `runs` times: the ratio floor / peer of each pair
+    is measured under the same load. Returns the floor result of the pairs' medians plus 'pairs'."""
+    pairs, floors = [], []
+    for _run in range(runs):
+        low = floor(bench.servers, dbname, table, 1)
+        peer = bench.dump_psql(dbname)['seconds']
+        floors.append(low)
+        pairs.append({'floor': low['total'], 'peer': peer, 'ratio': low['total'] / peer})
+    common.drop_database(bench.servers.dst, dbname)
+    result = {step: common.median([f[step] for f in floors])
+              for step in ('copy', 'index', 'analyze', 'copy_2_streams', 'total')}
+    result.update(table=table, pairs=pairs, runs={step: [f['runs'][step][0] for f in floors]
+                                                  for step in ('copy', 'index', 'analyze', 'copy_2_streams')},
+                  peer=common.median([p['peer'] for p in pairs]),
+                  ratio=common.median([p['ratio'] for p in pairs]))
+    return result
+
+
 def print_floor(result, fastest_name, fastest_seconds):
     print('  floor on %s alone: COPY %.2f s (in 2 parallel streams %.2f s) + indexes %.2f s + ANALYZE %.2f s = '
           '%.2f s = %.2f of %s (%.2f s); 0.8 of it is %.2f s' % (
               result['table'], result['copy'], result['copy_2_streams'], result['index'], result['analyze'],
               result['total'], result['total'] / fastest_seconds, fastest_name, fastest_seconds,
               0.8 * fastest_seconds))
+    if result.get('pairs'):
+        print('  floor / pg_dump | psql, run back to back: %s (median %.2f)' % (
+            ', '.join('%.2f/%.2f s = %.2f' % (p['floor'], p['peer'], p['ratio']) for p in result['pairs']),
+            result['ratio']))
 
 
 def summarize(results):
@@ -387,7 +410,7 @@ def main(argv=None):
                          common.database_size(servers.src, main_db))
         if not args.skip_peers:
             fastest = pgbench_summary['_fastest_peer']
-            print_floor(floor(servers, main_db, 'pgbench_accounts', args.runs), fastest,
+            print_floor(floor_vs_peer(bench, main_db, 'pgbench_accounts', args.runs), fastest,
                         pgbench_summary[fastest]['median'])
         print_comparison('Full copy of %d tables with indexes' % args.tables, summarize(many_results), many_size)
         if not args.skip_scaling:
