@@ -377,7 +377,7 @@ def test_two_tasks_bringing_the_same_roles_at_once_both_succeed(pg_factory):
     # hold the roles lock so that both calls are inside migrate_roles before either may go on
     with dst.connect() as holder:
         holder.execute('SELECT pg_advisory_lock(%s)', (roles.ROLES_LOCK,))
-        threads = [threading.Thread(target=bring) for _ in range(2)]
+        threads = [threading.Thread(target=bring) for _call in range(2)]
         for thread in threads:
             thread.start()
         deadline = time.time() + 30
