@@ -242,17 +242,33 @@ class TaskControl:
             return {'changed': False, 'action': 'none', 'msg': 'task %s does not exist' % self.name, 'task': None}
         if task['stage'] in ('cancelled', 'finished'):
             return self.result(store, False, 'none', 'task %s is already %s' % (self.name, task['stage']))
-        if self.check_mode:
-            return self.result(store, True, 'cancelled', 'task %s would be cancelled' % self.name,
-                               after_stage='cancelled')
-        before = task['stage']
-        store.set_request(self.name, 'cancel')
-        worker.stop_worker(self.paths, timeout=60)
         databases = store.databases(self.name)
         tables = {}
         for row in store.tables(self.name):
             tables.setdefault(row['database'], []).append((row['schema'], row['table']))
         names = [d['dbname'] for d in databases] or list((task['spec'] or {}).get('databases') or [])
+        if self.check_mode:
+            extra = {}
+            if self.params.get('drop_destination', False):
+                # what the cancel would remove from the destination, in the result and the diff
+                try:
+                    extra['would_drop'] = worker.destination_objects_to_drop(
+                        self.destination, names, [d['dbname'] for d in databases if d['created_database']], tables,
+                        {d['dbname']: store.existing_objects(self.name, d['dbname']) for d in databases
+                         if not d['created_database']})
+                except ConnectionFailure as exc:
+                    raise TaskControlError('cannot read the destination to show what the cancel would drop: %s'
+                                           % exc.message)
+            result = self.result(store, True, 'cancelled', 'task %s would be cancelled' % self.name,
+                                 after_stage='cancelled', **extra)
+            if 'would_drop' in extra and 'diff' in result:
+                result['diff']['before']['destination_objects'] = sorted(
+                    '%(database)s: %(type)s %(name)s' % o for o in extra['would_drop'])
+                result['diff']['after']['destination_objects'] = []
+            return result
+        before = task['stage']
+        store.set_request(self.name, 'cancel')
+        worker.stop_worker(self.paths, timeout=60)
         try:
             done = worker.release_task_objects(
                 self.source, self.destination, self.name, names,

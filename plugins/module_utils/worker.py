@@ -28,7 +28,7 @@ import traceback
 
 from ansible_collections.pgdts.migration.plugins.module_utils import catalog, schema, task_state
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import (
-    WRITER_OPTIONS, ConnectionFailure, ServerSpec, connect, query_value, sql,
+    WRITER_OPTIONS, ConnectionFailure, ServerSpec, connect, query_all, query_value, sql,
 )
 from ansible_collections.pgdts.migration.plugins.module_utils.copy import ParallelCopy, plan_items, table_pages
 from ansible_collections.pgdts.migration.plugins.module_utils.task_state import TaskStore, lsn_int, lsn_text
@@ -235,6 +235,31 @@ def release_task_objects(source, destination, task, databases, drop_destination=
     for line in done:
         log(line)
     return done
+
+
+def destination_objects_to_drop(destination, databases, created_databases=(), tables=None, existing_objects=None):
+    """What release_task_objects(drop_destination=True) would drop on the destination, read only:
+    [{'database', 'type', 'name'}] (type 'database' for a database the task created)."""
+    found = []
+    for dbname in databases:
+        if dbname in created_databases:
+            found.append({'database': dbname, 'type': 'database', 'name': dbname})
+            continue
+        existing = (existing_objects or {}).get(dbname)
+        try:
+            with connect(destination, dbname, application_name='pgdts-cleanup') as conn:
+                if existing is not None:
+                    found += [{'database': dbname, 'type': kind, 'name': '.'.join(names)}
+                              for kind, names, _args in schema.created_objects(conn, existing)]
+                    continue
+                present = {tuple(r) for r in query_all(conn, 'SELECT n.nspname, c.relname FROM pg_catalog.pg_class c '
+                                                             'JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace')}
+                found += [{'database': dbname, 'type': 'table', 'name': '%s.%s' % t}
+                          for t in (tables or {}).get(dbname, []) if tuple(t) in present]
+        except ConnectionFailure as exc:
+            if exc.kind != 'database_missing':
+                raise
+    return found
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -254,6 +254,15 @@ action:
   returned: always
   type: str
   sample: started
+would_drop:
+  description:
+    - In check mode with O(state=absent) and O(drop_destination=true), what the cancel would remove from the
+      destination, C(database), C(type) and C(name) each (type C(database) for a database the task created). The diff
+      lists the same objects.
+  returned: in check mode, with O(state=absent) and O(drop_destination=true)
+  type: list
+  elements: dict
+  sample: [{"database": "shop", "type": "table", "name": "public.orders"}, {"database": "shop", "type": "type", "name": "public.mood"}]
 worker_log:
   description: Path of the worker's log file.
   returned: when a worker directory exists

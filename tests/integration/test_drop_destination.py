@@ -56,6 +56,20 @@ def test_cancel_with_drop_destination_removes_only_what_the_task_created(servers
     copied = objects(dst, dbname)
     assert 'type mood' in copied and 'type positive_int' in copied and 'schema Sales Dept' in copied
 
+    # check mode says what the cancel would drop, and drops nothing
+    status, preview = ansible.module('pgdts.migration.pg_dts_migrate',
+                                     dict(args, state='absent', drop_destination=True, wait='none'), check=True)
+    assert status == 'changed', preview
+    would = {(o['type'], o['name']) for o in preview['would_drop']}
+    assert {('type', 'public.mood'), ('type', 'public.positive_int'), ('schema', 'Sales Dept'),
+            ('sequence', 'public.free_seq'), ('view', 'public.child_view')} <= would, would
+    assert not {name for _kind, name in would if 'keep_me' in name or 'user_' in name}, would
+    assert {o['database'] for o in preview['would_drop']} == {dbname}
+    assert objects(dst, dbname) == copied
+    assert preview['task']['stage'] == 'sync'
+    assert '%s: type public.mood' % dbname in preview['diff']['before']['destination_objects']
+    assert preview['diff']['after']['destination_objects'] == []
+
     status, cancelled = ansible.module('pgdts.migration.pg_dts_migrate',
                                        dict(args, state='absent', drop_destination=True, wait='none'))
     assert status == 'changed', cancelled
