@@ -432,6 +432,10 @@ def temp_dump_path(directory, dbname_tag):
 # User objects that can be dropped on their own, as (classid, objid). Left out: objects that go with another one
 # (indexes, TOAST tables, row types of tables, array and multirange types, constraints, defaults, triggers), objects
 # that belong to an extension (they go with it), and the system's own (oid < 16384).
+# catalogs whose every row is one droppable object (the query then keeps the user's own, as for the others)
+_WHOLE_CATALOGS = ('pg_proc', 'pg_extension', 'pg_collation', 'pg_conversion', 'pg_operator', 'pg_opfamily', 'pg_cast',
+                   'pg_ts_config', 'pg_ts_dict', 'pg_foreign_data_wrapper', 'pg_foreign_server')
+
 _OWN_OBJECTS = """
 WITH objects(classid, objid) AS (
     SELECT 'pg_catalog.pg_namespace'::regclass, oid FROM pg_catalog.pg_namespace
@@ -444,27 +448,7 @@ WITH objects(classid, objid) AS (
        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type e WHERE e.typarray = t.oid)
         OR t.typtype = 'c' AND (SELECT relkind FROM pg_catalog.pg_class WHERE oid = t.typrelid) = 'c'
     UNION ALL
-    SELECT 'pg_catalog.pg_proc'::regclass, oid FROM pg_catalog.pg_proc
-    UNION ALL
-    SELECT 'pg_catalog.pg_extension'::regclass, oid FROM pg_catalog.pg_extension
-    UNION ALL
-    SELECT 'pg_catalog.pg_collation'::regclass, oid FROM pg_catalog.pg_collation
-    UNION ALL
-    SELECT 'pg_catalog.pg_conversion'::regclass, oid FROM pg_catalog.pg_conversion
-    UNION ALL
-    SELECT 'pg_catalog.pg_operator'::regclass, oid FROM pg_catalog.pg_operator
-    UNION ALL
-    SELECT 'pg_catalog.pg_opfamily'::regclass, oid FROM pg_catalog.pg_opfamily
-    UNION ALL
-    SELECT 'pg_catalog.pg_cast'::regclass, oid FROM pg_catalog.pg_cast
-    UNION ALL
-    SELECT 'pg_catalog.pg_ts_config'::regclass, oid FROM pg_catalog.pg_ts_config
-    UNION ALL
-    SELECT 'pg_catalog.pg_ts_dict'::regclass, oid FROM pg_catalog.pg_ts_dict
-    UNION ALL
-    SELECT 'pg_catalog.pg_foreign_data_wrapper'::regclass, oid FROM pg_catalog.pg_foreign_data_wrapper
-    UNION ALL
-    SELECT 'pg_catalog.pg_foreign_server'::regclass, oid FROM pg_catalog.pg_foreign_server
+{whole_catalogs}
 )
 SELECT a.type, a.object_names, a.object_args
   FROM objects o, LATERAL pg_catalog.pg_identify_object_as_address(o.classid, o.objid, 0) a
@@ -473,6 +457,13 @@ SELECT a.type, a.object_names, a.object_args
                     WHERE d.classid = o.classid AND d.objid = o.objid AND d.objsubid = 0
                       AND d.deptype IN ('e', 'i', 'a'))
 """
+
+
+def _own_objects_query():
+    selects = [sql.SQL('    SELECT {}::regclass, oid FROM {}').format(
+        sql.Literal('pg_catalog.' + catalog), sql.Identifier('pg_catalog', catalog)) for catalog in _WHOLE_CATALOGS]
+    return sql.SQL(_OWN_OBJECTS).format(whole_catalogs=sql.SQL('\n    UNION ALL\n').join(selects))
+
 
 # pg_identify_object's type -> the DROP statement's object kind
 _DROP_KINDS = {
@@ -494,7 +485,7 @@ _DROP_ORDER = ('view', 'materialized view', 'foreign table', 'table', 'sequence'
 def own_objects(conn):
     """The database's droppable user objects as sorted [type, [names], [args]] lists (JSON-ready addresses of
     pg_identify_object_as_address)."""
-    return sorted([row[0], list(row[1]), list(row[2])] for row in query_all(conn, _OWN_OBJECTS))
+    return sorted([row[0], list(row[1]), list(row[2])] for row in query_all(conn, _own_objects_query()))
 
 
 def created_objects(conn, existing):

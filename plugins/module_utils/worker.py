@@ -28,7 +28,7 @@ import traceback
 
 from ansible_collections.pgdts.migration.plugins.module_utils import catalog, schema, task_state
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import (
-    WRITER_OPTIONS, ConnectionFailure, ServerSpec, connect, query_all, query_value, sql,
+    WRITER_OPTIONS, ConnectionFailure, ServerSpec, connect, query_value, sql,
 )
 from ansible_collections.pgdts.migration.plugins.module_utils.copy import ParallelCopy, plan_items, table_pages
 from ansible_collections.pgdts.migration.plugins.module_utils.task_state import TaskStore, lsn_int, lsn_text
@@ -212,18 +212,10 @@ def release_task_objects(source, destination, task, databases, drop_destination=
                 conn.execute(sql.SQL('ALTER DATABASE {} RESET default_transaction_read_only').format(
                     sql.Identifier(dbname)))
                 if drop_destination and dbname not in created_databases:
-                    existing = (existing_objects or {}).get(dbname)
-                    if existing is not None:
-                        # everything the task created in the database, nothing that was there before
-                        dropped = schema.drop_objects(conn, schema.created_objects(conn, existing))
-                        kinds = collections.Counter(kind for kind, _identity in dropped)
-                        done.append('destination %s: dropped what the task created: %s' % (
-                            dbname, ', '.join('%d %s' % (n, kind) for kind, n in sorted(kinds.items())) or 'nothing'))
-                    else:
-                        # a task that started before its database's own objects were recorded: its tables
-                        for schema_name, table_name in (tables or {}).get(dbname, []):
-                            conn.execute(sql.SQL('DROP TABLE IF EXISTS {} CASCADE').format(
-                                sql.Identifier(schema_name, table_name)))
+                    dropped = schema.drop_objects(conn, _task_objects(conn, dbname, tables, existing_objects))
+                    kinds = collections.Counter(kind for kind, _identity in dropped)
+                    done.append('destination %s: dropped what the task created: %s' % (
+                        dbname, ', '.join('%d %s' % (n, kind) for kind, n in sorted(kinds.items())) or 'nothing'))
         except ConnectionFailure as exc:
             if exc.kind != 'database_missing':
                 raise
@@ -237,6 +229,17 @@ def release_task_objects(source, destination, task, databases, drop_destination=
     return done
 
 
+def _task_objects(conn, dbname, tables, existing_objects):
+    """Addresses (schema.own_objects() form) of what the task created in a destination database that existed before
+    it: everything not recorded before its schema restore; for a task that started before that was recorded, its
+    tables."""
+    existing = (existing_objects or {}).get(dbname)
+    if existing is not None:
+        return schema.created_objects(conn, existing)
+    wanted = {tuple(t) for t in (tables or {}).get(dbname, [])}
+    return [a for a in schema.own_objects(conn) if a[0] == 'table' and tuple(a[1]) in wanted]
+
+
 def destination_objects_to_drop(destination, databases, created_databases=(), tables=None, existing_objects=None):
     """What release_task_objects(drop_destination=True) would drop on the destination, read only:
     [{'database', 'type', 'name'}] (type 'database' for a database the task created)."""
@@ -245,17 +248,10 @@ def destination_objects_to_drop(destination, databases, created_databases=(), ta
         if dbname in created_databases:
             found.append({'database': dbname, 'type': 'database', 'name': dbname})
             continue
-        existing = (existing_objects or {}).get(dbname)
         try:
             with connect(destination, dbname, application_name='pgdts-cleanup') as conn:
-                if existing is not None:
-                    found += [{'database': dbname, 'type': kind, 'name': '.'.join(names)}
-                              for kind, names, _args in schema.created_objects(conn, existing)]
-                    continue
-                present = {tuple(r) for r in query_all(conn, 'SELECT n.nspname, c.relname FROM pg_catalog.pg_class c '
-                                                             'JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace')}
-                found += [{'database': dbname, 'type': 'table', 'name': '%s.%s' % t}
-                          for t in (tables or {}).get(dbname, []) if tuple(t) in present]
+                found += [{'database': dbname, 'type': kind, 'name': '.'.join(names)}
+                          for kind, names, _args in _task_objects(conn, dbname, tables, existing_objects)]
         except ConnectionFailure as exc:
             if exc.kind != 'database_missing':
                 raise
