@@ -37,7 +37,9 @@ link_collection()
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
-from ansible_collections.pgdts.migration.plugins.module_utils import task_control, task_state, worker  # noqa: E402
+from ansible_collections.pgdts.migration.plugins.module_utils import cutover, task_control, task_state  # noqa: E402
+from ansible_collections.pgdts.migration.plugins.module_utils import worker as worker_runner  # noqa: E402
+from ansible_collections.pgdts.migration.plugins.module_utils import worker_process as worker  # noqa: E402
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import ServerSpec  # noqa: E402
 from tests.harness.cluster import PgCluster, make_base_dir, pg_bindir  # noqa: E402
 
@@ -414,7 +416,7 @@ class OurTask:
         merged = {'fence': 'read_only', 'compare': 'checksum', 'on_mismatch': 'fail', 'sync_sequences': True,
                   'keep_source_fence': True, 'wait_timeout': 600, 'jobs': self.params['jobs']}
         merged.update(params)
-        return task_control.Finisher(self.control(), merged).run()
+        return cutover.Finisher(self.control(), merged).run()
 
     def cancel(self):
         with contextlib.suppress(Exception):
@@ -524,7 +526,7 @@ def engine_description():
     return {'commit': git('rev-parse', '--short', 'HEAD') or 'unknown',
             'uncommitted_plugin_files': len([line for line in git('status', '--porcelain', '--', 'plugins').splitlines()
                                              if line.strip()]),
-            'watch_seconds': getattr(worker, 'WATCH_SECONDS', None),
+            'watch_seconds': getattr(worker_runner, 'WATCH_SECONDS', None),
             'poll_interval': float(poll.group(1)) if poll else None}
 
 

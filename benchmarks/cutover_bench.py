@@ -7,7 +7,7 @@
 
 A task with incremental sync is started the way pg_dts_migrate starts it and waited for like `wait: synced`
 (task_control). pgbench then writes at a fixed rate (`-c 4 -j 2 --rate R`); after `settle` seconds the finish runs
-as pg_dts_finish runs it (task_control.Finisher with the module's defaults: fence read_only, wait for the destination,
+as pg_dts_finish runs it (cutover.Finisher with the module's defaults: fence read_only, wait for the destination,
 sequences, checksum comparison, end of the sync). The downtime is the module's `downtime_seconds`: from the fence
 (writers refused and their sessions ended) until the destination is complete and compared.
 

@@ -22,7 +22,6 @@ import struct
 import subprocess
 import sys
 import tarfile
-import tempfile
 import uuid
 import zipfile
 
@@ -430,43 +429,9 @@ def wanted_state(path, data, uid, gid, mode, current=None):
             'mode': '%04o' % mode}
 
 
-def write_atomic(path, data, uid, gid, mode):
-    """Write `data` next to `path`, set owner and mode, fsync, then rename over `path` (running backends that
-    mapped the old file keep it; new ones load the new one)."""
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix='.%s.' % os.path.basename(path), suffix='.pgdts-tmp', dir=directory)
-    try:
-        with os.fdopen(fd, 'wb') as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        if os.geteuid() == 0 or uid == os.geteuid():
-            os.chown(tmp, uid, gid)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
-
-
 def set_attributes(path, uid, gid, mode):
     os.chmod(path, mode)
     os.chown(path, uid, gid)
-
-
-def _fsync_dir(directory):
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # -- what the server says ---------------------------------------------------------------------------------------

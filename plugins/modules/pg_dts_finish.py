@@ -143,9 +143,8 @@ import sys
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pgdts.migration.plugins.module_utils import ansible_common
-from ansible_collections.pgdts.migration.plugins.module_utils.task_control import (
-    Finisher, TaskControl, TaskControlError,
-)
+from ansible_collections.pgdts.migration.plugins.module_utils.cutover import Finisher
+from ansible_collections.pgdts.migration.plugins.module_utils.task_control import TaskControl, TaskControlError
 
 
 def main():

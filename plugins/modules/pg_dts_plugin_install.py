@@ -245,6 +245,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pgdts.migration.plugins.module_utils import ansible_common
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import ConnectionFailure, connect
 from ansible_collections.pgdts.migration.plugins.module_utils import plugin_files as pf
+from ansible_collections.pgdts.migration.plugins.module_utils.files import write_atomic
 
 
 def connection_given(module):
@@ -358,7 +359,7 @@ def run(module, conn, name, checksum, mode, uid, gid, result):
                     if current is not None:
                         with open(path, 'rb') as handle:
                             previous_bytes = handle.read()
-                    pf.write_atomic(path, data, wanted['uid'], wanted['gid'], mode)
+                    write_atomic(path, data, mode=mode, uid=wanted['uid'], gid=wanted['gid'], durable=True)
                 else:
                     pf.set_attributes(path, wanted['uid'], wanted['gid'], mode)
         result['sha256'] = wanted['sha256']
@@ -393,7 +394,8 @@ def verify(module, conn, name, path, current, previous_bytes, result):
                 os.unlink(path)
                 restored = True
             elif previous_bytes is not None:
-                pf.write_atomic(path, previous_bytes, current['uid'], current['gid'], int(current['mode'], 8))
+                write_atomic(path, previous_bytes, mode=int(current['mode'], 8), uid=current['uid'], gid=current['gid'],
+                             durable=True)
                 restored = True
         if restored:
             result['changed'] = False

@@ -13,7 +13,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from ansible_collections.pgdts.migration.plugins.module_utils import checks, roles, worker
+from ansible_collections.pgdts.migration.plugins.module_utils import checks, roles
+from ansible_collections.pgdts.migration.plugins.module_utils import worker_process as worker
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import ServerSpec
 from ansible_collections.pgdts.migration.plugins.module_utils.task_state import TaskStore
 from tests.reliability.support import create_login_role

@@ -1,0 +1,198 @@
+# -*- coding: utf-8 -*-
+# Copyright: pgdts developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The cutover of a task (pg_dts_finish): fence the source writers, wait until the destination caught up, sync
+sequences, compare, then end the sync and release the task's objects."""
+
+from __future__ import annotations
+
+import time
+
+from ansible_collections.pgdts.migration.plugins.module_utils import catalog, compare as compare_mod, schema, task_state
+from ansible_collections.pgdts.migration.plugins.module_utils import worker_process as worker
+from ansible_collections.pgdts.migration.plugins.module_utils.connection import connect, query_value, sql
+from ansible_collections.pgdts.migration.plugins.module_utils.task_control import TaskControlError
+from ansible_collections.pgdts.migration.plugins.module_utils.task_state import lsn_int
+
+def _fence_sql(dbname, on):
+    if on:
+        return sql.SQL('ALTER DATABASE {} SET default_transaction_read_only = on').format(sql.Identifier(dbname))
+    return sql.SQL('ALTER DATABASE {} RESET default_transaction_read_only').format(sql.Identifier(dbname))
+
+
+class Finisher:
+    """The cutover of one task (used by pg_dts_finish)."""
+
+    def __init__(self, control, params):
+        self.control = control
+        self.params = params
+        self.name = control.name
+        self.fenced = []
+
+    def log(self, store, message):
+        store.add_log(self.name, message)
+
+    def fence(self, databases):
+        with connect(self.control.source, application_name='pgdts-finish') as conn:
+            for dbname in databases:
+                conn.execute(_fence_sql(dbname, True))
+                self.fenced.append(dbname)
+            pids = [r[0] for r in conn.execute(
+                "SELECT pid FROM pg_catalog.pg_stat_activity WHERE datname = ANY(%s) AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend' AND coalesce(application_name, '') NOT LIKE 'pgdts%%'",
+                (databases,)).fetchall()]
+            for pid in pids:
+                conn.execute('SELECT pg_catalog.pg_terminate_backend(%s)', (pid,))
+            deadline = time.time() + 10
+            while pids and time.time() < deadline:
+                left = conn.execute('SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = ANY(%s)',
+                                    (pids,)).fetchone()[0]
+                if not left:
+                    break
+                time.sleep(0.05)
+            return lsn_int(query_value(conn, 'SELECT pg_catalog.pg_current_wal_insert_lsn()::text')), len(pids)
+
+    def lift_fence(self):
+        if not self.fenced:
+            return
+        with connect(self.control.source, application_name='pgdts-finish') as conn:
+            for dbname in self.fenced:
+                conn.execute(_fence_sql(dbname, False))
+        self.fenced = []
+
+    def wait_applied(self, store, target, timeout):
+        deadline = time.time() + timeout
+        respawned = 0.0
+        while True:
+            rows = store.databases(self.name)
+            task = store.get_task(self.name)
+            if task['stage'] == 'failed':
+                raise TaskControlError('task %s failed while catching up: %s' % (
+                    self.name, (task['error'] or {}).get('message')), task=self.control.report(store))
+            if all(lsn_int(r['synced_lsn']) is not None and lsn_int(r['synced_lsn']) >= target for r in rows):
+                return
+            if time.time() - respawned >= 5 and not worker.worker_pid(self.control.paths):
+                # the worker died while we wait for it (killed, host trouble): start it again, it resumes the sync
+                self.log(store, 'finish: the worker is gone; starting it again to catch up')
+                respawned = time.time()
+                self.control.spawn(store)
+            if time.time() >= deadline:
+                raise TaskControlError('timed out after %d s waiting for the destination to apply everything up to %s'
+                                       % (timeout, task_state.lsn_text(target)), task=self.control.report(store))
+            time.sleep(0.1)
+
+    def compare(self, store, databases):
+        mode = self.params.get('compare', 'checksum')
+        results = []
+        for dbname in databases:
+            wanted = {(r['schema'], r['table']) for r in store.tables(self.name, dbname)}
+            with connect(self.control.source, dbname, application_name='pgdts-compare') as conn:
+                tables = [t for t in catalog.load_tables(conn, dbname) if (t.schema, t.name) in wanted and t.has_storage]
+            results.extend(compare_mod.compare_tables(self.control.source, self.control.destination, dbname, tables,
+                                                      mode=mode, jobs=int(self.params.get('jobs') or 4)))
+        return results, compare_mod.summarize(results)
+
+    def run(self):
+        control = self.control
+        control.check_name()
+        store = control.open_store(create=False)
+        task = store.get_task(self.name) if store else None
+        if task is None:
+            raise TaskControlError('task %s does not exist on the destination; nothing to finish' % self.name)
+        if task['stage'] == 'finished':
+            return control.result(store, False, 'none', 'task %s is already finished' % self.name,
+                                  **(task['summary'] or {}).get('finish', {}))
+        if task['stage'] not in ('sync', 'finishing'):
+            detail = ''
+            if task['stage'] == 'failed':
+                detail = ': %s' % (task['error'] or {}).get('message')
+            raise TaskControlError('task %s is at stage %s%s; finish needs a task in incremental sync' % (
+                self.name, task['stage'], detail), task=control.report(store))
+        if control.check_mode:
+            return control.result(store, True, 'finished', 'task %s would be finished' % self.name,
+                                  after_stage='finished')
+        if not store.try_finish_lock(self.name):
+            raise TaskControlError('another pg_dts_finish is running for task %s (it holds the task\'s finish lock on '
+                                   'the destination); wait for it to end, then run this again' % self.name,
+                                   task=control.report(store))
+        try:
+            return self._run(store)
+        finally:
+            store.release_finish_lock(self.name)
+
+    def _run(self, store):
+        control = self.control
+        if not worker.worker_pid(control.paths):
+            control.spawn(store)
+        databases = [d['dbname'] for d in store.databases(self.name)]
+        fence = self.params.get('fence', 'read_only')
+        started = time.time()
+        phases = {}
+        mark = [started]
+
+        def phase(label):
+            now = time.time()
+            phases[label] = round(now - mark[0], 3)
+            mark[0] = now
+
+        terminated = 0
+        try:
+            if fence == 'read_only':
+                target, terminated = self.fence(databases)
+            else:
+                target = control.source_lsn()
+            phase('fence')
+            store.set_stage(self.name, 'finishing')
+            store.set_request(self.name, 'finish', target)
+            self.log(store, 'finish: %s, waiting for the destination to apply up to %s' % (
+                'source fenced read-only' if fence == 'read_only' else 'no fence', task_state.lsn_text(target)))
+            self.wait_applied(store, target, int(self.params.get('wait_timeout') or 600))
+            phase('catch_up')
+            sequences = []
+            if self.params.get('sync_sequences', True):
+                for dbname in databases:
+                    schemas = sorted({r['schema'] for r in store.tables(self.name, dbname)})
+                    for item in schema.sync_sequences(control.source, control.destination, dbname, schemas):
+                        item['database'] = dbname
+                        sequences.append(item)
+            phase('sequences')
+            comparison, summary = ([], None)
+            if self.params.get('compare', 'checksum') != 'none':
+                comparison, summary = self.compare(store, databases)
+            phase('compare')
+            if summary and (summary.get('mismatch') or summary.get('error')):
+                message = 'data comparison found %d mismatched and %d failed table(s): %s' % (
+                    summary.get('mismatch', 0), summary.get('error', 0),
+                    ', '.join('%s.%s.%s' % (c['database'], c['schema'], c['table']) for c in comparison
+                              if c['result'] != 'match'))
+                if self.params.get('on_mismatch', 'fail') == 'fail':
+                    raise TaskControlError('task %s not finished: %s; the sync keeps running' % (self.name, message),
+                                           comparison=comparison, comparison_summary=summary)
+                self.log(store, 'finish: %s (on_mismatch=warn)' % message)
+        except TaskControlError as exc:
+            self.lift_fence()
+            store.set_request(self.name, None)
+            store.set_stage(self.name, 'sync')
+            exc.result.setdefault('task', control.report(store))
+            raise
+        except Exception:
+            self.lift_fence()
+            store.set_request(self.name, None)
+            store.set_stage(self.name, 'sync')
+            raise
+        store.set_request(self.name, 'stop')
+        # Everything up to the fence is applied and compared: a worker that is slow to notice is terminated.
+        worker.stop_worker(control.paths, timeout=30, grace=1.0)
+        phase('stop_worker')
+        worker.release_task_objects(control.source, control.destination, self.name, databases)
+        if not self.params.get('keep_source_fence', True):
+            self.lift_fence()
+        phase('cleanup')
+        downtime = round(time.time() - started, 3) if fence == 'read_only' else None
+        finish = {'final_lsn': task_state.lsn_text(target), 'sequences': sequences, 'comparison': comparison,
+                  'comparison_summary': summary, 'downtime_seconds': downtime, 'terminated_sessions': terminated,
+                  'source_fenced': bool(self.fenced), 'phase_seconds': phases}
+        store.finish_task(self.name, 'finished', {'finish': finish})
+        store.add_log(self.name, 'finished: sync ended, slots, publications and origins dropped')
+        worker.remove_task_dir(control.paths)
+        return control.result(store, True, 'finished', 'task %s finished' % self.name, before_stage='sync', **finish)
