@@ -80,6 +80,9 @@ def prepare_task_dir(paths, spec, source, destination):
     os.makedirs(paths.work, mode=0o700, exist_ok=True)
     target = os.path.join(paths.lib, *PACKAGE.split('.'))
     os.makedirs(target, exist_ok=True)
+    # imported here (not at the top: worker imports this file) so that Ansible packs worker.py and everything it
+    # imports with the module; engine_modules() then finds them all
+    from ansible_collections.pgdts.migration.plugins.module_utils import worker  # noqa: F401 pylint: disable=unused-import
     for name in engine_modules():
         module = importlib.import_module('%s.%s' % (PACKAGE, name))
         # atomically: a worker of a parallel run may be importing these files right now
