@@ -18,7 +18,7 @@ from ansible_collections.pgdts.migration.plugins.module_utils.task_state import 
 # Options that define what a task migrates: a re-run with other values names a different task.
 IDENTITY_KEYS = ('tables', 'exclude_tables', 'plugin', 'incremental')
 SPEC_KEYS = ('databases', 'tables', 'exclude_tables', 'plugin', 'incremental', 'jobs', 'start_at',
-             'protect_destination', 'migrate_roles', 'retry_timeout', 'maintenance_work_mem')
+             'protect_destination', 'migrate_roles', 'retry_timeout', 'maintenance_work_mem', 'replica_identity')
 
 
 class TaskControlError(Exception):
@@ -175,7 +175,8 @@ class TaskControl:
                                       tables=self.params.get('tables'), exclude_tables=self.params.get('exclude_tables'),
                                       plugin=self.params.get('plugin', 'pgoutput'),
                                       incremental=self.params.get('incremental', True), resuming=False,
-                                      migrate_roles=self.params.get('migrate_roles', False))
+                                      migrate_roles=self.params.get('migrate_roles', False),
+                                      replica_identity=self.params.get('replica_identity') or 'fail')
         failed = [c for c in items if c['status'] == 'failed']
         if failed:
             raise TaskControlError('task %s not started: %d check(s) failed: %s' % (

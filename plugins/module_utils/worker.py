@@ -22,7 +22,7 @@ import threading
 import time
 import traceback
 
-from ansible_collections.pgdts.migration.plugins.module_utils import catalog, schema, task_state
+from ansible_collections.pgdts.migration.plugins.module_utils import catalog, schema, sync_scope as scope, task_state
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import (
     WRITER_OPTIONS, ConnectionFailure, ServerSpec, connect, query_value, sql,
 )
@@ -318,8 +318,9 @@ class TaskRunner:
             all_tables, chosen = self.selected_tables(src, dbname)
             decoding.drop_slot(src, name, missing_ok=True)
             decoding.drop_publication(src, name, missing_ok=True)
+            chosen = self.identity_checked(src, dbname, chosen)
             if plugin == 'pgoutput':
-                decoding.create_publication(src, name, [(t.schema, t.name) for t in chosen])
+                decoding.create_publication(src, name, [(t.schema, t.name) for t in scope.publication_tables(chosen)])
             major = src.info.server_version // 10000
         self.store.register_tables(self.name, dbname, chosen)
         self.store.reset_unfinished_tables(self.name, dbname)
@@ -346,6 +347,21 @@ class TaskRunner:
                 os.unlink(dump_path)
         finally:
             repl.close()
+
+    def identity_checked(self, src, dbname, chosen):
+        """Before the publication exists: the tables without a usable replica identity get what the replica_identity
+        option says (a publication of their updates would make the source's UPDATE and DELETE on them fail). Without
+        incremental sync nothing reads the publication: such tables are copied and left out of it (publication_tables)."""
+        if not self.spec.get('incremental', True):
+            return chosen
+        kept, set_full, left_out = scope.apply_identity_option(src, chosen, self.spec.get('replica_identity') or 'fail')
+        if set_full:
+            self.event('database "%s": REPLICA IDENTITY FULL set on the source for %s (replica_identity: full)'
+                       % (dbname, ', '.join(scope.display(t) for t in set_full)))
+        if left_out:
+            self.event('database "%s": left out of the task (no usable replica identity, replica_identity: exclude; '
+                       'not copied, synced or compared): %s' % (dbname, ', '.join(scope.display(t) for t in left_out)))
+        return kept
 
     def resume_copy(self, dbname):
         """After a crash during the copy: keep copied tables, copy the others under a new snapshot."""
@@ -572,14 +588,23 @@ class SyncLoop:
         self.batch_changes = int(runner.spec.get('batch_changes', 20000))
         self.poll_seconds = float(runner.spec.get('poll_interval', 0.2))
         self.max_retry_seconds = float(runner.spec.get('retry_timeout', 600))
+        self.scope = None           # scope.Scope of this database, set by each session
+        self.scope_checked = 0.0
+        self.ignored = set()        # (schema, table) of changes found out of scope since the last catalog check
+        self.partitioned = False    # the task has a partitioned table (its new partitions are synced)
 
-    def table_metas(self, conn):
+    def table_metas(self, conn, known=None):
+        """The apply metadata of the task's tables (`known`: the (schema, table) pairs it registered) that the sync
+        carries: not partitioned parents (no rows), not unlogged tables (no WAL; finish copies them again)."""
         from ansible_collections.pgdts.migration.plugins.module_utils import apply
         _all, chosen = self.runner.selected_tables(conn, self.dbname)
         metas = {}
+        self.partitioned = any(t.relkind == 'p' for t in chosen if known is None or (t.schema, t.name) in known)
         for table in chosen:
-            if not table.has_storage:
+            if not table.has_storage or table.relpersistence == 'u':
                 continue
+            if known is not None and (table.schema, table.name) not in known:
+                continue      # in scope now, but not part of the task (the scope watch decides about it)
             metas[(table.schema, table.name)] = apply.TableMeta(
                 table.schema, table.name, [(c.name, c.type_name, bool(c.generated)) for c in table.columns],
                 list(table.key_columns), table.key_kind)
@@ -648,7 +673,10 @@ class SyncLoop:
         with connect(runner.source, self.dbname, application_name='pgdts-decode', options=WRITER_OPTIONS) as src, \
                 connect(runner.destination, self.dbname, autocommit=False, application_name='pgdts-apply',
                         options=WRITER_OPTIONS) as dst:
-            metas = self.table_metas(src)
+            metas = self.table_metas(src, set(copy_lsn))
+            self.scope = scope.Scope(self.dbname, runner.spec.get('tables'), runner.spec.get('exclude_tables'),
+                                     set(copy_lsn), runner.spec.get('replica_identity'))
+            self.scope_checked = 0.0
             applier = apply.Applier(dst, self.name, metas, copy_lsn)
             applier.setup()
             runner.log('database "%s": applying from origin position %s' % (self.dbname, lsn_text(applier.applied_lsn())))
@@ -672,13 +700,25 @@ class SyncLoop:
                             'functions for this session' % (self.dbname, first_line(exc)))
         else:
             try:
-                return decoding.StreamReader(src, repl, self.name, plugin, publication=self.name, tables=list(metas),
+                return decoding.StreamReader(src, repl, self.name, plugin, publication=self.name,
+                                             tables=self.reader_tables(plugin, metas),
                                              queue_changes=max(4 * self.batch_changes, 50000))
             except BaseException:
                 repl.close()
                 raise
-        return decoding.SlotReader(src, self.name, plugin, publication=self.name, tables=list(metas),
+        return decoding.SlotReader(src, self.name, plugin, publication=self.name, tables=self.reader_tables(plugin, metas),
                                    advance_interval=SQL_ADVANCE_SECONDS)
+
+    def reader_tables(self, plugin, metas):
+        """The reader's table filter: None (no filter) where changes of tables the task does not know yet must reach
+        the sync (see watch_changes): with pgoutput the publication already limits them to the task's tables and the
+        partitions of its partitioned tables; with wal2json, for a whole-database task (new tables stop it) and for a
+        task with a partitioned table (new partitions are synced)."""
+        if plugin == 'pgoutput':
+            return None
+        if not self.runner.spec.get('tables') or self.partitioned:
+            return None
+        return list(metas)
 
     def _loop(self, store, src, reader, applier):
         """Read, apply, confirm. With the replication stream, batch N+1 is read and its statements are built while
@@ -704,6 +744,12 @@ class SyncLoop:
                 runner.check_stop()
                 end = lsn_int(query_value(src, 'SELECT pg_catalog.pg_current_wal_flush_lsn()::text'))
                 transactions, complete = reader.read(upto_lsn=end, max_changes=self.batch_changes)
+                unknown = self.unknown_tables(transactions, applier) if transactions else None
+                if unknown and pending is not None:
+                    future, done_txns, done_complete, done_end = pending     # settle it before the tables change
+                    pending = None
+                    self._settle(store, reader, progress, future.result(), done_txns, done_complete, done_end)
+                self.watch_scope(src, store, applier, transactions, unknown)
                 plan = applier.plan(transactions) if executor is not None and transactions else None
                 if pending is not None:
                     future, done_txns, done_complete, done_end = pending
@@ -720,6 +766,70 @@ class SyncLoop:
         finally:
             if executor is not None:
                 executor.shutdown(wait=True)
+
+    SCOPE_SECONDS = 5.0
+
+    @staticmethod
+    def unknown_tables(transactions, applier):
+        """(schema, table) of the changes in `transactions` whose table the applier does not know."""
+        tables = applier.tables
+        found = set()
+        for txn in transactions:
+            for change in txn.changes:
+                if change.kind == 'T':
+                    found.update(t for t in change.truncate if t not in tables)
+                elif (change.schema, change.table) not in tables:
+                    found.add((change.schema, change.table))
+        return found
+
+    def watch_scope(self, src, store, applier, transactions, unknown):
+        """Tables that appeared in the task's scope on the source: every SCOPE_SECONDS, and at once when a change of a
+        table the task does not know arrives. A new partition of a partitioned table of the task is adopted (synced
+        into the destination's partition of the same name); any other new table in scope raises scope.ScopeError (the
+        task stops, naming it: its rows would be lost). Changes of tables out of scope are dropped from the batch."""
+        due = time.monotonic() - self.scope_checked >= self.SCOPE_SECONDS
+        if due:
+            self.ignored = set()     # read the catalog again for these too (a table may have been renamed into scope)
+        if due or (unknown and not unknown <= self.ignored):
+            adopt = self.scope.check(src, self.runner.destination)
+            self.scope_checked = time.monotonic()
+            if adopt:
+                self.adopt(src, store, applier, adopt)
+        if not unknown:
+            return
+        unknown = {key for key in unknown if key not in applier.tables}
+        self.ignored |= unknown
+        if not unknown:
+            return
+        # out of scope (not matching the task's patterns, left out by replica_identity: exclude, or dropped since)
+        for txn in transactions:
+            kept = []
+            for change in txn.changes:
+                if change.kind == 'T':
+                    change.truncate = [t for t in change.truncate if t not in unknown]
+                    if change.truncate:
+                        kept.append(change)
+                elif (change.schema, change.table) not in unknown:
+                    kept.append(change)
+            txn.changes = kept
+
+    def adopt(self, src, store, applier, tables):
+        """Make new partitions of the task's partitioned tables part of the task: registered (so that finish compares
+        them), and applied from their first change on (they were never copied: copy LSN 0)."""
+        from ansible_collections.pgdts.migration.plugins.module_utils import apply
+        runner = self.runner
+        store.register_tables(runner.name, self.dbname, tables)
+        store.tables_copied(runner.name, self.dbname, [(t, 0, 0) for t in tables], 0)
+        self.scope.adopted(tables)
+        for table in tables:
+            if table.has_storage and table.relpersistence != 'u':
+                key = (table.schema, table.name)
+                applier.tables[key] = apply.TableMeta.from_table(table)
+                applier.copy_lsn[key] = 0
+        applier._reload_catalog = True      # pylint: disable=protected-access  # read the new tables' columns
+        runner.event('database "%s": partition(s) created or attached on the source during the sync, synced into the '
+                     'same partition(s) of the destination: %s'
+                     % (self.dbname, ', '.join(scope.display(t) for t in tables)))
 
     def _settle(self, store, reader, progress, result, transactions, complete, end):
         """After a batch was applied (or nothing was read): confirm it to the reader and record the progress."""

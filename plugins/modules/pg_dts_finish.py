@@ -18,6 +18,9 @@ description:
     comparison in the result.
   - Running it again on a finished task returns the summary with RV(ignore:changed=false).
   - One finish of a task runs at a time. A second run while one is going on fails at once and changes nothing.
+  - After the catch-up, under the fence, it reads the source catalog for tables in the task's scope that the task does
+    not carry (created during the sync; DDL is not replicated) and refuses to finish, naming them, while one exists;
+    and it copies the task's UNLOGGED tables again (their changes never reach the sync), before the comparison.
 author: pgdts developers (@pgdts)
 extends_documentation_fragment:
   - pgdts.migration.connection.source
@@ -128,6 +131,28 @@ sequences:
   returned: success
   type: list
   elements: dict
+unlogged_recopied:
+  description:
+    - The task's UNLOGGED tables (database, schema, table, rows), copied again (C(TRUNCATE) and C(COPY)) under the write
+      fence after the catch-up, because the sync cannot see their changes; then compared like the others.
+  returned: success
+  type: list
+  elements: dict
+left_out:
+  description:
+    - Tables of the scope without a usable replica identity that the task left out
+      (O(pgdts.migration.pg_dts_migrate#module:replica_identity=exclude)), as C(database.schema.table). They were not
+      copied, not synced and are not in the comparison.
+  returned: success
+  type: list
+  elements: str
+adopted_partitions:
+  description:
+    - Partitions created or attached on the source during the sync under a partitioned table of the task that joined
+      the task at finish (the destination holds the same partition); they are in the comparison.
+  returned: when there were any
+  type: list
+  elements: str
 downtime_seconds:
   description: Seconds from the fence to the end of the cutover.
   returned: success with O(fence=read_only)

@@ -129,6 +129,24 @@ options:
         destination login that may take each owner role (a superuser, or a member of those roles).
     type: bool
     default: false
+  replica_identity:
+    description:
+      - What the task does with selected tables that have no usable replica identity (no primary key under
+        C(REPLICA IDENTITY DEFAULT), C(NOTHING), or a C(USING INDEX) identity whose index is gone). A publication that
+        publishes their updates makes every C(UPDATE) and C(DELETE) of the source's application on them fail, so the
+        task never publishes them as they are; the check is made again right before the publication is created.
+      - V(fail) refuses to start (check C(tables.replica_identity) fails; the hint names the fixes).
+      - V(full) runs C(ALTER TABLE ... REPLICA IDENTITY FULL) on them on the source before the publication is created
+        (the source login must own them). Cost - every C(UPDATE) and C(DELETE) on them writes the whole old row to the
+        WAL (nothing for insert-only tables), and the sync matches updated and deleted rows on all columns. The setting
+        stays after the task; C(ALTER TABLE ... REPLICA IDENTITY DEFAULT) undoes it.
+      - V(exclude) leaves them out of the task - not copied (their definition is created empty in a whole-database
+        task), not synced, and not in the comparison of M(pgdts.migration.pg_dts_finish), whose result lists them in
+        RV(pgdts.migration.pg_dts_finish#module:left_out).
+      - Unlogged tables are never published (see the notes), so this does not apply to them.
+    type: str
+    choices: [fail, full, exclude]
+    default: fail
   wait:
     description:
       - V(none) returns once the task runs. V(copied) waits until the full copy and indexes are done.
@@ -164,6 +182,15 @@ options:
 notes:
   - The worker runs on the host that runs the module; use C(delegate_to) to choose the worker host, and run
     M(pgdts.migration.pg_dts_finish) and later calls of this module on the same host.
+  - DDL is not replicated. A table created on the source during the sync in the task's scope (any table for a
+    whole-database task, a table matching O(tables) and not O(exclude_tables) otherwise) stops the task (stage
+    V(failed)) with an error that names it, and M(pgdts.migration.pg_dts_finish) refuses to finish while one exists;
+    tables out of scope are ignored. A partition created or attached during the sync under a partitioned table of the
+    task is synced into the destination's partition of the same name, which must exist there attached to the same
+    parent (else the task stops and says so; create it on the destination and run this module again to resume).
+  - UNLOGGED tables write no WAL, so the sync cannot see their changes. They are copied by the full copy, left out of
+    the publication and the sync, and copied again (C(TRUNCATE) and C(COPY)) by M(pgdts.migration.pg_dts_finish)
+    under the write fence.
 seealso:
   - module: pgdts.migration.pg_dts_verify
   - module: pgdts.migration.pg_dts_finish
@@ -293,6 +320,7 @@ def main():
         drop_destination=dict(type='bool', default=False),
         protect_destination=dict(type='bool', default=True),
         migrate_roles=dict(type='bool', default=False),
+        replica_identity=dict(type='str', choices=['fail', 'full', 'exclude'], default='fail'),
         wait=dict(type='str', choices=['none', 'copied', 'synced'], default='none'),
         wait_timeout=dict(type='int', default=3600),
         wait_sleep=dict(type='int', default=2),

@@ -75,6 +75,15 @@ options:
         them; it warns when the source login may not read the password hashes.
     type: bool
     default: false
+  replica_identity:
+    description:
+      - The task's O(pgdts.migration.pg_dts_migrate#module:replica_identity) option. Selected tables without a usable
+        replica identity make C(tables.replica_identity) fail with V(fail) (the default), warn with V(full) (the task
+        sets C(REPLICA IDENTITY FULL) on them; fails when the source login does not own them) and warn with
+        V(exclude) (they are left out of the task and of the comparison).
+    type: str
+    choices: [fail, full, exclude]
+    default: fail
   fail_on:
     description:
       - When the module fails.
@@ -245,6 +254,7 @@ def main():
         plugin=dict(type='str', default='pgoutput', choices=['pgoutput', 'wal2json']),
         incremental=dict(type='bool', default=True),
         migrate_roles=dict(type='bool', default=False),
+        replica_identity=dict(type='str', default='fail', choices=['fail', 'full', 'exclude']),
         fail_on=dict(type='str', default='failed', choices=['failed', 'warning', 'never']),
     )
     argument_spec.update(ansible_common.server_argument_spec('source', 'destination'))
@@ -261,7 +271,8 @@ def main():
     resuming = task_is_resumable(destination, params['name'])
     items = run_checks(source, destination, params['name'], databases=params['databases'], tables=params['tables'],
                        exclude_tables=params['exclude_tables'], plugin=params['plugin'],
-                       incremental=params['incremental'], resuming=resuming, migrate_roles=params['migrate_roles'])
+                       incremental=params['incremental'], resuming=resuming, migrate_roles=params['migrate_roles'],
+                       replica_identity=params['replica_identity'])
     summary = summarize(items)
     blocking = blocking_items(items, params['fail_on'])
     result = dict(changed=False, checks=items, summary=summary, passed=summary[FAILED] == 0,

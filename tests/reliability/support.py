@@ -533,7 +533,7 @@ def task_args(servers, tmp_path, name, dbname, **extra):
     """pg_dts_migrate arguments of a one-database task between the test servers (jobs 2)."""
     src, dst = servers
     args = {'name': name, 'source': src.spec(), 'destination': dst.spec(), 'worker_dir': str(tmp_path / 'workers'),
-            'jobs': 2, 'databases': [dbname]}
+            'jobs': 2, 'databases': [dbname], 'replica_identity': 'full'}     # ledger, pgbench_history: no key
     args.update(extra)
     return args
 
