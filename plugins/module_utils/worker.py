@@ -745,10 +745,9 @@ class SyncLoop:
                 end = lsn_int(query_value(src, 'SELECT pg_catalog.pg_current_wal_flush_lsn()::text'))
                 transactions, complete = reader.read(upto_lsn=end, max_changes=self.batch_changes)
                 unknown = self.unknown_tables(transactions, applier) if transactions else None
-                if unknown and pending is not None:
-                    future, done_txns, done_complete, done_end = pending     # settle it before the tables change
+                if unknown and pending is not None:      # settle the batch being applied before the tables change
+                    self._settle(store, reader, progress, pending[0].result(), *pending[1:])
                     pending = None
-                    self._settle(store, reader, progress, future.result(), done_txns, done_complete, done_end)
                 self.watch_scope(src, store, applier, transactions, unknown)
                 plan = applier.plan(transactions) if executor is not None and transactions else None
                 if pending is not None:
