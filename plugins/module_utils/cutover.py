@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from ansible_collections.pgdts.migration.plugins.module_utils import catalog, compare as compare_mod, schema, task_state
+from ansible_collections.pgdts.migration.plugins.module_utils import proof, schema, scope, task_state
 from ansible_collections.pgdts.migration.plugins.module_utils import worker_process as worker
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import connect, query_value, sql
 from ansible_collections.pgdts.migration.plugins.module_utils.task_control import TaskControlError
@@ -82,15 +82,17 @@ class Finisher:
             time.sleep(0.1)
 
     def compare(self, store, databases):
-        mode = self.params.get('compare', 'checksum')
-        results = []
+        """The proof: everything in the task's scope, read from the source catalog now (under the fence), not from the
+        tables the task registered; see proof.py."""
+        spec = store.get_task(self.name)['spec'] or {}
+        scopes, existing = [], {}
         for dbname in databases:
-            wanted = {(r['schema'], r['table']) for r in store.tables(self.name, dbname)}
             with connect(self.control.source, dbname, application_name='pgdts-compare') as conn:
-                tables = [t for t in catalog.load_tables(conn, dbname) if (t.schema, t.name) in wanted and t.has_storage]
-            results.extend(compare_mod.compare_tables(self.control.source, self.control.destination, dbname, tables,
-                                                      mode=mode, jobs=int(self.params.get('jobs') or 4)))
-        return results, compare_mod.summarize(results)
+                scopes.append(scope.read_task_scope(conn, dbname, spec))
+            existing[dbname] = store.existing_objects(self.name, dbname)
+        return proof.prove(self.control.source, self.control.destination, scopes,
+                           mode=self.params.get('compare', 'checksum'), jobs=int(self.params.get('jobs') or 4),
+                           existing=existing, compare_owners=bool(spec.get('migrate_roles')))
 
     def run(self):
         control = self.control
@@ -161,10 +163,7 @@ class Finisher:
                 comparison, summary = self.compare(store, databases)
             phase('compare')
             if summary and (summary.get('mismatch') or summary.get('error')):
-                message = 'data comparison found %d mismatched and %d failed table(s): %s' % (
-                    summary.get('mismatch', 0), summary.get('error', 0),
-                    ', '.join('%s.%s.%s' % (c['database'], c['schema'], c['table']) for c in comparison
-                              if c['result'] != 'match'))
+                message = proof.failure_message(comparison, summary)
                 if self.params.get('on_mismatch', 'fail') == 'fail':
                     raise TaskControlError('task %s not finished: %s; the sync keeps running' % (self.name, message),
                                            comparison=comparison, comparison_summary=summary)
@@ -195,4 +194,5 @@ class Finisher:
         store.finish_task(self.name, 'finished', {'finish': finish})
         store.add_log(self.name, 'finished: sync ended, slots, publications and origins dropped')
         worker.remove_task_dir(control.paths)
-        return control.result(store, True, 'finished', 'task %s finished' % self.name, before_stage='sync', **finish)
+        return control.result(store, True, 'finished', 'task %s finished%s' % (
+            self.name, '; proof: %s' % summary['text'] if summary else ''), before_stage='sync', **finish)
