@@ -477,8 +477,8 @@ class _Database:
                 self.add(_item(dbname, 'extension', nsp, name, 'match', ''), listed=False)
                 if dst.extensions[name][1] != version:
                     self.notes.append('%s: extension %s is version %s on the source and %s on the destination (each '
-                                      'server installs its own default version)' % (dbname, name, version,
-                                                                                     dst.extensions[name][1]))
+                                      'server installs its own default version)'
+                                      % (dbname, name, version, dst.extensions[name][1]))
         for name in sorted(set(dst.extensions) - set(src.extensions)):
             self.notes.append('%s: extension %s exists on the destination only (not a difference of the data)'
                               % (dbname, name))

@@ -168,7 +168,7 @@ def read_scope(conn, dbname, tables=None, exclude_tables=None):
         sequences.update((s, n) for s, n in query_all(conn, _USED_SEQUENCES_QUERY, (oids, oids)))
     scope.sequences = sorted(sequences)
     if whole:
-        scope.large_objects = [(oid, owner) for oid, owner in query_all(conn, _LARGE_OBJECTS_QUERY)]
+        scope.large_objects = [tuple(row) for row in query_all(conn, _LARGE_OBJECTS_QUERY)]
     return scope
 
 
