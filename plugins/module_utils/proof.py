@@ -200,8 +200,9 @@ class _Side:
             if in_scope(s):
                 self.defs['function'][(s, f, None)] = (normalise(d), normalise(fallback))
                 self.function_addresses[(s, f, None)] = address
+        used = set(scope_.sequences)
         self.defs['sequence_parameters'] = {(s, q, None): (d, None) for s, q, d in query_all(conn, _SEQUENCE_PARAMETERS_SQL)
-                                            if in_scope(s) or (s, q) in set(scope_.sequences)}
+                                            if in_scope(s) or (s, q) in used}
         self.extensions = {name: (nsp, version) for name, nsp, version in query_all(conn, _EXTENSIONS_SQL)}
         self.sequence_names = {(s, q) for s, q, _n in self.defs['sequence_parameters']}
         self.large_objects = None
