@@ -18,6 +18,7 @@ import secrets
 import struct
 
 from ansible_collections.pgdts.migration.plugins.module_utils import catalog
+from ansible_collections.pgdts.migration.plugins.module_utils import schema
 from ansible_collections.pgdts.migration.plugins.module_utils import task_state
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import ConnectionFailure, connect
 
@@ -883,6 +884,32 @@ def check_destination_version(ctx):
     return _item(cid, status, message, hint, [
         {'type': 'server', 'role': 'source', 'version_num': ctx.src.get('version')},
         {'type': 'server', 'role': 'destination', 'version_num': ctx.dst.get('version')}])
+
+
+def check_client_programs(ctx):
+    """pg_dump, pg_restore and psql of a major at least that of both servers, on this (the worker) host."""
+    cid = 'worker.client_programs'
+    if not ctx.src.ok:
+        return _skip_source(cid)
+    if not ctx.dst.ok:
+        return _skip_destination(cid)
+    need = max(_major(ctx.src.get('version')), _major(ctx.dst.get('version')))
+    bindir = getattr(ctx, 'pg_bindir', None)
+    found, problems = [], []
+    for name in ('pg_dump', 'pg_restore', 'psql'):
+        try:
+            path = schema.client_program(name, bindir, need)
+            found.append({'type': 'program', 'name': name, 'path': path, 'major': schema.client_major(path)})
+        except schema.SchemaError as exc:
+            problems.append(str(exc))
+    if problems:
+        return _item(cid, FAILED, '; '.join(problems),
+                     'Install the client programs of PostgreSQL %d or newer on the worker host (Debian/Ubuntu: '
+                     'postgresql-client-%d from apt.postgresql.org; RHEL: postgresql%d) and, if they are not under '
+                     '/usr/lib/postgresql or on PATH, give their directory as pg_bindir.' % (need, need, need), found)
+    return _item(cid, PASS, 'client programs of PostgreSQL %s (need %d or newer): %s'
+                 % ('/'.join(sorted({str(f['major']) for f in found})), need,
+                    ', '.join(f['path'] for f in found)), '', found)
 
 
 def check_source_recovery(ctx):
@@ -2029,6 +2056,7 @@ CHECKS = (
     check_distinct,
     check_source_version,
     check_destination_version,
+    check_client_programs,
     check_source_recovery,
     check_destination_recovery,
     check_wal_level,
@@ -2069,7 +2097,8 @@ CHECKS = (
 
 CHECK_IDS = (
     'task.name', 'source.connection', 'destination.connection', 'source.databases', 'source.replication_connection',
-    'servers.distinct', 'source.version', 'destination.version', 'source.recovery', 'destination.recovery',
+    'servers.distinct', 'source.version', 'destination.version',
+    'worker.client_programs', 'source.recovery', 'destination.recovery',
     'source.wal_level', 'source.replication_slots', 'source.wal_senders', 'source.max_slot_wal_keep_size',
     'source.wal_sender_timeout', 'source.statement_timeout', 'source.idle_in_transaction_session_timeout',
     'source.replication_privilege', 'source.select_privilege', 'source.publication_privilege',
@@ -2111,11 +2140,12 @@ def task_is_resumable(destination, task):
 
 
 def run_checks(source, destination, task, databases=None, tables=None, exclude_tables=None, plugin='pgoutput',
-               incremental=True, resuming=False, migrate_roles=False):
+               incremental=True, resuming=False, migrate_roles=False, pg_bindir=None):
     """source/destination: connection.ServerSpec. Returns a list of CheckItem dicts
     {'id': str, 'status': 'pass'|'warning'|'failed', 'message': str, 'hint': str, 'objects': list}."""
     ctx = _Ctx(source, destination, task, databases, tables, exclude_tables, plugin, incremental, resuming,
                migrate_roles)
+    ctx.pg_bindir = pg_bindir
     try:
         task_state.validate_task_name(task)
         ctx.object_re = task_state.object_name_re(task)

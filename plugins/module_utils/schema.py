@@ -22,27 +22,76 @@ class SchemaError(Exception):
     """A schema step failed; the message names the step and carries the client program's error."""
 
 
-def client_program(name, bindir=None, minimum_major=None):
-    """Path of a PostgreSQL client program: `bindir` if given, else the newest /usr/lib/postgresql/*/bin, else PATH."""
-    if bindir:
-        path = os.path.join(bindir, name)
-        if not os.path.exists(path):
-            raise SchemaError('%s not found in %s' % (name, bindir))
-        return path
-    candidates = []
-    for path in glob.glob('/usr/lib/postgresql/*/bin/%s' % name):
+_VERSION_CACHE = {}
+
+
+def client_major(path):
+    """Major version of a client program (`pg_dump --version` -> 18), None when it does not run."""
+    try:
+        key = (os.path.realpath(path), os.stat(path).st_mtime)
+    except OSError:
+        return None
+    if key not in _VERSION_CACHE:
         try:
-            candidates.append((int(path.split('/')[4]), path))
-        except ValueError:
+            out = subprocess.run([path, '--version'], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False,
+                                 timeout=30).stdout.decode('utf-8', 'replace')
+        except (OSError, subprocess.SubprocessError):
+            out = ''
+        match = re.search(r'\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?', out)
+        major = None
+        if match:
+            major = int(match.group(1))
+            if major < 10:
+                major = major * 10000 + int(match.group(2) or 0)    # 9.6 -> 90006, older than any 10+
+        _VERSION_CACHE[key] = major
+    return _VERSION_CACHE[key]
+
+
+def client_candidates(name, bindir=None):
+    """[(major, path)] of every `name` program found: `bindir`, /usr/lib/postgresql/*/bin, /usr/pgsql-*/bin, PATH."""
+    paths = []
+    if bindir:
+        paths.append(os.path.join(bindir, name))
+    paths += sorted(glob.glob('/usr/lib/postgresql/*/bin/%s' % name)) + sorted(glob.glob('/usr/pgsql-*/bin/%s' % name))
+    for directory in os.environ.get('PATH', os.defpath).split(os.pathsep):
+        if directory:
+            paths.append(os.path.join(directory, name))
+    found, seen = [], set()
+    for path in paths:
+        if not os.path.isfile(path) or not os.access(path, os.X_OK) or os.path.realpath(path) in seen:
             continue
-    if candidates:
-        major, path = max(candidates)
-        if minimum_major is None or major >= minimum_major:
-            return path
-    found = shutil.which(name)
-    if not found:
-        raise SchemaError('%s is not installed on the worker host (install the PostgreSQL client package)' % name)
+        seen.add(os.path.realpath(path))
+        major = client_major(path)
+        if major is not None:
+            found.append((major, path))
     return found
+
+
+def client_program(name, bindir=None, minimum_major=None):
+    """Path of a PostgreSQL client program of a major at least `minimum_major`.
+
+    `bindir` (the pg_bindir option) is used when its program is new enough; otherwise the newest of Debian's
+    /usr/lib/postgresql/*/bin, /usr/pgsql-*/bin and PATH. pg_dump refuses servers newer than itself and pg_restore
+    archives of a newer pg_dump, so the newest program is the right choice for every major of source and destination.
+    Raises SchemaError naming what was found when nothing is new enough."""
+    if bindir and not os.path.isfile(os.path.join(bindir, name)):
+        raise SchemaError('%s not found in %s (pg_bindir)' % (name, bindir))
+    candidates = client_candidates(name, bindir)
+    if bindir and candidates and candidates[0][1] == os.path.join(bindir, name):
+        if minimum_major is None or candidates[0][0] >= minimum_major:
+            return candidates[0][1]
+    best = None
+    for major, path in candidates:
+        if best is None or major > best[0]:
+            best = (major, path)
+    if best is None:
+        raise SchemaError('%s is not installed on the worker host (install the PostgreSQL client package)' % name)
+    if minimum_major is not None and best[0] < minimum_major:
+        raise SchemaError('%s of PostgreSQL %d or newer is needed, found only %s: install the client programs of '
+                          'PostgreSQL %d or newer (Debian: postgresql-client-%d) or give pg_bindir'
+                          % (name, minimum_major, ', '.join('%s (%s)' % (p, m) for m, p in candidates),
+                             minimum_major, minimum_major))
+    return best[1]
 
 
 def _run(argv, env, what, stdin=None):

@@ -90,6 +90,16 @@ options:
       - The server's own setting applies to nothing else.
     type: str
     default: 512MB
+  pg_bindir:
+    description:
+      - Directory of the PostgreSQL client programs (C(pg_dump), C(pg_restore), C(psql)) the worker runs, on the
+        worker host, for example V(/usr/lib/postgresql/18/bin).
+      - They must be of a major version at least that of the source and of the destination (C(pg_dump) refuses a
+        newer server, C(pg_restore) an archive of a newer C(pg_dump)). Without this option, or when its programs are
+        too old, the newest found among C(/usr/lib/postgresql/*/bin), C(/usr/pgsql-*/bin) and C(PATH) is used;
+        M(pgdts.migration.pg_dts_verify) fails its C(worker.client_programs) check when none is new enough.
+      - Set when the task is created; a resumed task keeps the value it was created with.
+    type: path
   start_at:
     description:
       - ISO 8601 time at which the task starts (stage V(scheduled) until then). A time without zone is local time.
@@ -289,6 +299,7 @@ def main():
         incremental=dict(type='bool', default=True),
         jobs=dict(type='int', default=4),
         maintenance_work_mem=dict(type='str', default='512MB'),
+        pg_bindir=dict(type='path'),
         start_at=dict(type='str'),
         drop_destination=dict(type='bool', default=False),
         protect_destination=dict(type='bool', default=True),

@@ -82,6 +82,14 @@ options:
     type: str
     choices: [failed, warning, never]
     default: failed
+  pg_bindir:
+    description:
+      - Directory of the PostgreSQL client programs the task's worker will run
+        (O(pgdts.migration.pg_dts_migrate#module:pg_bindir)). The check C(worker.client_programs) fails when neither
+        it nor C(/usr/lib/postgresql/*/bin), C(/usr/pgsql-*/bin) or C(PATH) holds a C(pg_dump), C(pg_restore) and
+        C(psql) of a major version at least that of the source and of the destination.
+      - The module looks on the host it runs on: run it on the worker host.
+    type: path
 extends_documentation_fragment:
   - pgdts.migration.connection.source
   - pgdts.migration.connection.destination
@@ -246,6 +254,7 @@ def main():
         incremental=dict(type='bool', default=True),
         migrate_roles=dict(type='bool', default=False),
         fail_on=dict(type='str', default='failed', choices=['failed', 'warning', 'never']),
+        pg_bindir=dict(type='path'),
     )
     argument_spec.update(ansible_common.server_argument_spec('source', 'destination'))
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
@@ -261,7 +270,8 @@ def main():
     resuming = task_is_resumable(destination, params['name'])
     items = run_checks(source, destination, params['name'], databases=params['databases'], tables=params['tables'],
                        exclude_tables=params['exclude_tables'], plugin=params['plugin'],
-                       incremental=params['incremental'], resuming=resuming, migrate_roles=params['migrate_roles'])
+                       incremental=params['incremental'], resuming=resuming, migrate_roles=params['migrate_roles'],
+                       pg_bindir=params['pg_bindir'])
     summary = summarize(items)
     blocking = blocking_items(items, params['fail_on'])
     result = dict(changed=False, checks=items, summary=summary, passed=summary[FAILED] == 0,
