@@ -303,6 +303,8 @@ def _connect(holder, spec, dbname=None, **kwargs):
 
 
 def _databases_query(version):
+    if version >= 170000:       # 17 renamed daticulocale to datlocale (also used by the builtin provider)
+        return sql.SQL(_DATABASES).format(provider=sql.SQL('d.datlocprovider::text'), icu_locale=sql.SQL('d.datlocale'))
     if version >= 150000:
         return sql.SQL(_DATABASES).format(provider=sql.SQL('d.datlocprovider::text'), icu_locale=sql.SQL('d.daticulocale'))
     return sql.SQL(_DATABASES).format(provider=sql.Literal('c'), icu_locale=sql.NULL)

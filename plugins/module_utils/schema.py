@@ -9,9 +9,9 @@ import glob
 import json
 import os
 import re
-import shutil
 import subprocess
 import tempfile
+import time
 
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import (
     WRITER_OPTIONS, connect, query_all, query_one, query_value, sql,
@@ -129,7 +129,23 @@ def ensure_database(dest_admin_conn, dbname, properties):
 
 
 def drop_database(dest_admin_conn, dbname):
-    dest_admin_conn.execute(sql.SQL('DROP DATABASE IF EXISTS {} WITH (FORCE)').format(sql.Identifier(dbname)))
+    if dest_admin_conn.info.server_version >= 130000:
+        dest_admin_conn.execute(sql.SQL('DROP DATABASE IF EXISTS {} WITH (FORCE)').format(sql.Identifier(dbname)))
+        return
+    # before 13 there is no FORCE: keep new sessions out, end the ones connected, then drop
+    import psycopg
+    if not database_exists(dest_admin_conn, dbname):
+        return
+    dest_admin_conn.execute(sql.SQL('ALTER DATABASE {} ALLOW_CONNECTIONS false').format(sql.Identifier(dbname)))
+    dest_admin_conn.execute('SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity '
+                            'WHERE datname = %s AND pid <> pg_catalog.pg_backend_pid()', (dbname,))
+    for _attempt in range(50):
+        try:
+            dest_admin_conn.execute(sql.SQL('DROP DATABASE IF EXISTS {}').format(sql.Identifier(dbname)))
+            return
+        except psycopg.errors.ObjectInUse:
+            time.sleep(0.1)
+    raise SchemaError('database "%s" is still in use on the destination: it could not be dropped' % dbname)
 
 
 def quote_pattern(name):

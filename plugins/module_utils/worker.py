@@ -835,8 +835,11 @@ class SyncLoop:
         """After a sync error: raise SlotInvalidated (from exc) when the task's slot was dropped or invalidated."""
         try:
             with connect(self.runner.source, self.dbname, application_name='pgdts-worker') as conn:
-                row = conn.execute('SELECT wal_status, restart_lsn::text, confirmed_flush_lsn::text FROM '
-                                   'pg_catalog.pg_replication_slots WHERE slot_name = %s', (self.name,)).fetchone()
+                # wal_status exists from 13 on; a 12 slot is never invalidated (no max_slot_wal_keep_size)
+                status = sql.SQL('wal_status' if conn.info.server_version >= 130000 else 'NULL::text')
+                row = conn.execute(sql.SQL('SELECT {}, restart_lsn::text, confirmed_flush_lsn::text FROM '
+                                           'pg_catalog.pg_replication_slots WHERE slot_name = %s').format(status),
+                                   (self.name,)).fetchone()
                 keep = query_value(conn, "SELECT pg_catalog.current_setting('max_slot_wal_keep_size', true)")
         except Exception:  # pylint: disable=broad-except
             return       # cannot tell: the original error stands
