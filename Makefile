@@ -10,8 +10,8 @@ PYTEST_ARGS ?=
 
 # Server builds of other majors, fetched into a cache (tests/harness/pg_majors.py; quick when present).
 # `make integration` needs the two majors of its upgrade pairs, `make matrix` all of them.
-PG_MAJORS_INTEGRATION := 12 18
-PG_MAJORS_ALL := 12 13 14 15 16 17 18
+PG_MAJORS_INTEGRATION := 11 12 17 18 clients:16
+PG_MAJORS_ALL := 11 12 13 14 15 16 17 18 clients:16
 
 setup:
 	@bash scripts/setup.sh

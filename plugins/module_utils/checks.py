@@ -34,6 +34,7 @@ STATUSES = (PASS, WARNING, FAILED)
 
 SOURCE_MIN_VERSION = 110000          # pg_replication_slot_advance() and publications of partitioned tables
 SOURCE_MAX_TESTED_MAJOR = 18
+SOURCE_MIN_TESTED_MAJOR = 12         # the oldest major of the tested upgrade matrix (docs/versions.md)
 LONG_TRANSACTION_SECONDS = 5         # a transaction holding an xid this long stalls slot creation noticeably
 PLUGIN_CHECK_TIMEOUT_MS = 10000      # a temporary slot waits for running transactions; the plugin loads before that
 PLUGIN_CHECK_BLOCKED_TIMEOUT_MS = 2000
@@ -858,8 +859,11 @@ def check_source_version(ctx):
     if _major(version) > SOURCE_MAX_TESTED_MAJOR:
         return _item(cid, WARNING, 'source runs PostgreSQL %s, newer than the newest major pgdts was tested with (%d)'
                      % (text, SOURCE_MAX_TESTED_MAJOR), 'Run a trial migration first.', obj)
+    if _major(version) < SOURCE_MIN_TESTED_MAJOR:
+        return _item(cid, WARNING, 'source runs PostgreSQL %s, older than the oldest major pgdts was tested with (%d)'
+                     % (text, SOURCE_MIN_TESTED_MAJOR), 'Run a trial migration first.', obj)
     return _item(cid, PASS, 'source runs PostgreSQL %s (supported: %d to %d)'
-                 % (text, _major(SOURCE_MIN_VERSION), SOURCE_MAX_TESTED_MAJOR), '', obj)
+                 % (text, SOURCE_MIN_TESTED_MAJOR, SOURCE_MAX_TESTED_MAJOR), '', obj)
 
 
 def compare_versions(source_num, dest_num):
@@ -889,29 +893,28 @@ def check_destination_version(ctx):
 
 
 def check_client_programs(ctx):
-    """pg_dump, pg_restore and psql of a major at least that of both servers, on this (the worker) host."""
+    """pg_dump and pg_restore (psql too, if it is there) the worker can run for these servers, on this host."""
     cid = 'worker.client_programs'
     if not ctx.src.ok:
         return _skip_source(cid)
     if not ctx.dst.ok:
         return _skip_destination(cid)
-    need = max(_major(ctx.src.get('version')), _major(ctx.dst.get('version')))
+    low, high = schema.client_bounds(ctx.src.get('version'), ctx.dst.get('version'))
     bindir = getattr(ctx, 'pg_bindir', None)
-    found, problems = [], []
-    for name in ('pg_dump', 'pg_restore', 'psql'):
-        try:
-            path = schema.client_program(name, bindir, need)
-            found.append({'type': 'program', 'name': name, 'path': path, 'major': schema.client_major(path)})
-        except schema.SchemaError as exc:
-            problems.append(str(exc))
-    if problems:
-        return _item(cid, FAILED, '; '.join(problems),
-                     'Install the client programs of PostgreSQL %d or newer on the worker host (Debian/Ubuntu: '
+    try:
+        found = schema.client_bindir(bindir, ctx.src.get('version'), ctx.dst.get('version'))
+    except schema.SchemaError as exc:
+        need = ('%d or newer' % low) if high is None else ('%d to %d' % (low, high)) if low < high else str(low)
+        why = ('' if high is None else ' (pg_restore of 17 or newer sends SET transaction_timeout, which a '
+               'destination before 17 rejects)')
+        return _item(cid, FAILED, 'no pg_dump and pg_restore of PostgreSQL %s on this host%s: %s' % (need, why, exc),
+                     'Install the client programs of PostgreSQL %s on the worker host (Debian/Ubuntu: '
                      'postgresql-client-%d from apt.postgresql.org; RHEL: postgresql%d) and, if they are not under '
-                     '/usr/lib/postgresql or on PATH, give their directory as pg_bindir.' % (need, need, need), found)
-    return _item(cid, PASS, 'client programs of PostgreSQL %s (need %d or newer): %s'
-                 % ('/'.join(sorted({str(f['major']) for f in found})), need,
-                    ', '.join(f['path'] for f in found)), '', found)
+                     '/usr/lib/postgresql or on PATH, give their directory as pg_bindir.' % (need, low, low))
+    programs = [{'type': 'program', 'name': name, 'path': os.path.join(found, name),
+                 'major': schema.client_major(os.path.join(found, name))} for name in ('pg_dump', 'pg_restore')]
+    return _item(cid, PASS, 'pg_dump and pg_restore of PostgreSQL %s in %s' % (programs[0]['major'], found), '',
+                 programs)
 
 
 def check_source_recovery(ctx):

@@ -67,31 +67,66 @@ def client_candidates(name, bindir=None):
     return found
 
 
-def client_program(name, bindir=None, minimum_major=None):
-    """Path of a PostgreSQL client program of a major at least `minimum_major`.
+# pg_restore 17 and newer start every session with SET transaction_timeout, which servers before 17 reject
+TRANSACTION_TIMEOUT_MAJOR = 17
 
-    `bindir` (the pg_bindir option) is used when its program is new enough; otherwise the newest of Debian's
-    /usr/lib/postgresql/*/bin, /usr/pgsql-*/bin and PATH. pg_dump refuses servers newer than itself and pg_restore
-    archives of a newer pg_dump, so the newest program is the right choice for every major of source and destination.
-    Raises SchemaError naming what was found when nothing is new enough."""
+
+def client_bounds(source_version, dest_version):
+    """(minimum, maximum or None) major of the pg_dump/pg_restore/psql a task between these servers can use.
+
+    pg_dump refuses a server newer than itself and pg_restore an archive of a newer pg_dump: at least the newer of
+    the two servers. pg_restore of 17+ sends SET transaction_timeout, unknown before 17: at most 16 for such a
+    destination."""
+    low = max(source_version, dest_version) // 10000
+    high = TRANSACTION_TIMEOUT_MAJOR - 1 if dest_version // 10000 < TRANSACTION_TIMEOUT_MAJOR else None
+    return low, high
+
+
+def _fits(major, minimum_major, maximum_major):
+    return (minimum_major is None or major >= minimum_major) and (maximum_major is None or major <= maximum_major)
+
+
+def _wanted(minimum_major, maximum_major):
+    if maximum_major is None:
+        return 'PostgreSQL %d or newer' % minimum_major
+    if minimum_major == maximum_major:
+        return 'PostgreSQL %d' % minimum_major
+    return 'PostgreSQL %d to %d' % (minimum_major, maximum_major)
+
+
+def client_program(name, bindir=None, minimum_major=None, maximum_major=None):
+    """Path of a PostgreSQL client program of a major between `minimum_major` and `maximum_major` (client_bounds).
+
+    `bindir` (the pg_bindir option) is used when its program fits; otherwise the newest that fits among Debian's
+    /usr/lib/postgresql/*/bin, /usr/pgsql-*/bin and PATH. Raises SchemaError naming what was found when none fits."""
     if bindir and not os.path.isfile(os.path.join(bindir, name)):
         raise SchemaError('%s not found in %s (pg_bindir)' % (name, bindir))
     candidates = client_candidates(name, bindir)
     if bindir and candidates and candidates[0][1] == os.path.join(bindir, name):
-        if minimum_major is None or candidates[0][0] >= minimum_major:
+        if _fits(candidates[0][0], minimum_major, maximum_major):
             return candidates[0][1]
     best = None
     for major, path in candidates:
-        if best is None or major > best[0]:
+        if _fits(major, minimum_major, maximum_major) and (best is None or major > best[0]):
             best = (major, path)
-    if best is None:
+    if best is None and not candidates:
         raise SchemaError('%s is not installed on the worker host (install the PostgreSQL client package)' % name)
-    if minimum_major is not None and best[0] < minimum_major:
-        raise SchemaError('%s of PostgreSQL %d or newer is needed, found only %s: install the client programs of '
-                          'PostgreSQL %d or newer (Debian: postgresql-client-%d) or give pg_bindir'
-                          % (name, minimum_major, ', '.join('%s (%s)' % (p, m) for m, p in candidates),
-                             minimum_major, minimum_major))
+    if best is None:
+        need = _wanted(minimum_major, maximum_major)
+        raise SchemaError('%s of %s is needed, found only %s' % (
+            name, need, ', '.join('%s (%s)' % (p, m) for m, p in candidates)))
     return best[1]
+
+
+def client_bindir(bindir, source_version, dest_version):
+    """The directory whose pg_dump and pg_restore (and psql, when there) a task between these servers runs: one
+    directory, so that pg_restore reads what pg_dump wrote. Raises SchemaError."""
+    low, high = client_bounds(source_version, dest_version)
+    pg_dump = client_program('pg_dump', bindir, low, high)
+    found = os.path.dirname(pg_dump)
+    if not os.path.isfile(os.path.join(found, 'pg_restore')):
+        raise SchemaError('pg_restore is missing next to %s' % pg_dump)
+    return found
 
 
 def _run(argv, env, what, stdin=None):

