@@ -14,9 +14,9 @@ description:
   - Runs the pre-migration check catalogue of a task and returns one item per check, each with a stable id, a status
     (C(pass), C(warning) or C(failed)), a message that says what was found, a hint that says how to fix it, and the
     objects concerned.
-  - "The items cover: connectivity and authentication (normal and replication connections), server versions, source
-    settings (C(wal_level), free replication slots and WAL senders, C(max_slot_wal_keep_size), C(wal_sender_timeout),
-    C(statement_timeout), C(idle_in_transaction_session_timeout)), privileges on both sides, the decoding plugin
+  - "The items cover: connectivity and authentication (normal and replication connections), server versions, the
+    client programs of the worker host, source settings (C(wal_level), free replication slots and WAL senders,
+    C(max_slot_wal_keep_size), C(wal_sender_timeout), C(statement_timeout), C(idle_in_transaction_session_timeout)), privileges on both sides, the decoding plugin
     (loaded in a temporary slot), objects left over from a task of the same name, long-running and prepared
     transactions, the selected tables (replica identity, triggers, rules, unlogged tables, materialized views, large
     objects, generated columns, foreign keys to unselected tables, patterns that match nothing), extensions, encodings
@@ -86,8 +86,9 @@ options:
     description:
       - Directory of the PostgreSQL client programs the task's worker will run
         (O(pgdts.migration.pg_dts_migrate#module:pg_bindir)). The check C(worker.client_programs) fails when neither
-        it nor C(/usr/lib/postgresql/*/bin), C(/usr/pgsql-*/bin) or C(PATH) holds a C(pg_dump), C(pg_restore) and
-        C(psql) of a major version at least that of the source and of the destination.
+        it nor C(/usr/lib/postgresql/*/bin), C(/usr/pgsql-*/bin) or C(PATH) holds a C(pg_dump) and C(pg_restore) of
+        a major version at least that of the source and of the destination (and of 16 or older for a destination
+        before 17).
       - The module looks on the host it runs on: run it on the worker host.
     type: path
 extends_documentation_fragment:
@@ -103,6 +104,9 @@ notes:
   - The role of O(source) needs C(REPLICATION) (or superuser) and read access to the selected tables; the role of
     O(destination) sees more (free disk space, replication origins in use) when it is a superuser.
   - Free disk space on the destination can only be measured when the module runs on the destination host.
+  - "Tested sources: PostgreSQL 12 to 18 with V(pgoutput), 15 with V(wal2json), into a destination of the same or a
+    newer major. C(source.version) warns about sources older than 12 or newer than 18."
+  - The check C(worker.client_programs) looks at the host the module runs on; run it on the worker host.
 seealso:
   - module: pgdts.migration.pg_dts_source_config
   - module: pgdts.migration.pg_dts_migrate
