@@ -135,7 +135,6 @@ SELECT a.attrelid, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a
 """
 
 
-
 def _columns_query(conn):
     """attgenerated exists from PostgreSQL 12 on ('s' stored, 18: 'v' virtual); before, no column is generated."""
     generated = sql.SQL('a.attgenerated') if conn.info.server_version >= 120000 else sql.SQL("''::\"char\"")

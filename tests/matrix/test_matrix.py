@@ -108,8 +108,6 @@ def run_pair(source_major, dest_major, plugin, ansible, tmp_path, cluster_base_d
         assert status == 'changed' and result['restart_required'] is True, result
         src.restart()
         assert src.setting('wal_level') == 'logical'
-        status, result = ansible.module(SOURCE_CONFIG, {'source': src.spec(), 'databases': [dbname]})
-        assert status == 'ok', result
 
         args = {'name': name, 'source': src.spec(), 'destination': dst.spec(), 'worker_dir': worker_dir, 'jobs': 2,
                 'databases': [dbname], 'plugin': plugin, 'pg_bindir': clients}
@@ -141,8 +139,8 @@ def run_pair(source_major, dest_major, plugin, ansible, tmp_path, cluster_base_d
                 writer.stop()
             print('writer: %d commits, %d errors (%s)' % (writer.commits, writer.errors, writer.last_error))
             assert writer.commits > 20 and writer.errors == 0, writer.last_error
-            status, result = ansible.module(FINISH, {k: args[k] for k in ('name', 'source', 'destination',
-                                                                           'worker_dir')})
+            finish = {k: args[k] for k in ('name', 'source', 'destination', 'worker_dir')}
+            status, result = ansible.module(FINISH, finish)
             assert status == 'changed', result
             assert result['task']['stage'] == 'finished', result['task']
             assert result['comparison_summary']['mismatch'] == 0, result['comparison_summary']
@@ -152,8 +150,8 @@ def run_pair(source_major, dest_major, plugin, ansible, tmp_path, cluster_base_d
             assert dst.value('SELECT count(*) FROM gen WHERE doubled <> a * 2', dbname=dbname) == 0
             assert task_slots(src, name) == [] and task_origins(dst, name) == []
             assert dst.value('SHOW server_version_num', dbname=dbname)[:2] == str(dest_major)
-            print('PAIR %d->%d %s: passed, %d rows equal, %.1f s' % (source_major, dest_major, plugin, rows,
-                                                                 time.time() - started))
+            took = time.time() - started
+            print('PAIR %d->%d %s: passed, %d rows equal, %.1f s' % (source_major, dest_major, plugin, rows, took))
         except Exception:
             print(worker_log(worker_dir, name)[-6000:])
             raise
@@ -164,18 +162,18 @@ def run_pair(source_major, dest_major, plugin, ansible, tmp_path, cluster_base_d
         dst.destroy()
 
 
-@pytest.mark.parametrize('source_major,dest_major', QUICK_PAIRS, ids=lambda m: str(m))
+@pytest.mark.parametrize('source_major,dest_major', QUICK_PAIRS, ids=str)
 def test_upgrade_pair_quick(source_major, dest_major, ansible, tmp_path, cluster_base_dir):
     run_pair(source_major, dest_major, 'pgoutput', ansible, tmp_path, cluster_base_dir)
 
 
 @pytest.mark.matrix_only
-@pytest.mark.parametrize('source_major,dest_major', MATRIX_PAIRS, ids=lambda m: str(m))
+@pytest.mark.parametrize('source_major,dest_major', MATRIX_PAIRS, ids=str)
 def test_upgrade_pair(source_major, dest_major, ansible, tmp_path, cluster_base_dir):
     run_pair(source_major, dest_major, 'pgoutput', ansible, tmp_path, cluster_base_dir)
 
 
 @pytest.mark.matrix_only
-@pytest.mark.parametrize('source_major,dest_major', WAL2JSON_PAIRS, ids=lambda m: str(m))
+@pytest.mark.parametrize('source_major,dest_major', WAL2JSON_PAIRS, ids=str)
 def test_upgrade_pair_wal2json(source_major, dest_major, ansible, tmp_path, cluster_base_dir):
     run_pair(source_major, dest_major, 'wal2json', ansible, tmp_path, cluster_base_dir)

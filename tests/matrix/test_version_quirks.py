@@ -42,7 +42,7 @@ def checks_by_id(result):
 
 
 def test_client_programs_older_than_the_servers_fail_verify_and_migrate(majors, ansible, tmp_path):
-    newest = max(m for m, _ in schema.client_candidates('pg_dump'))
+    newest = max(found[0] for found in schema.client_candidates('pg_dump'))
     assert newest < 18, 'this machine has a pg_dump of 18 outside the test cache: the failure cannot be shown here'
     src, dst = majors(17, 18)
     src.create_database('app')
