@@ -18,6 +18,7 @@ import secrets
 import struct
 
 from ansible_collections.pgdts.migration.plugins.module_utils import catalog
+from ansible_collections.pgdts.migration.plugins.module_utils import schema
 from ansible_collections.pgdts.migration.plugins.module_utils import task_state
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import ConnectionFailure, connect
 
@@ -33,6 +34,7 @@ STATUSES = (PASS, WARNING, FAILED)
 
 SOURCE_MIN_VERSION = 110000          # pg_replication_slot_advance() and publications of partitioned tables
 SOURCE_MAX_TESTED_MAJOR = 18
+SOURCE_MIN_TESTED_MAJOR = 12         # the oldest major of the tested upgrade matrix (docs/versions.md)
 LONG_TRANSACTION_SECONDS = 5         # a transaction holding an xid this long stalls slot creation noticeably
 PLUGIN_CHECK_TIMEOUT_MS = 10000      # a temporary slot waits for running transactions; the plugin loads before that
 PLUGIN_CHECK_BLOCKED_TIMEOUT_MS = 2000
@@ -302,6 +304,8 @@ def _connect(holder, spec, dbname=None, **kwargs):
 
 
 def _databases_query(version):
+    if version >= 170000:       # 17 renamed daticulocale to datlocale (also used by the builtin provider)
+        return sql.SQL(_DATABASES).format(provider=sql.SQL('d.datlocprovider::text'), icu_locale=sql.SQL('d.datlocale'))
     if version >= 150000:
         return sql.SQL(_DATABASES).format(provider=sql.SQL('d.datlocprovider::text'), icu_locale=sql.SQL('d.daticulocale'))
     return sql.SQL(_DATABASES).format(provider=sql.Literal('c'), icu_locale=sql.NULL)
@@ -855,8 +859,11 @@ def check_source_version(ctx):
     if _major(version) > SOURCE_MAX_TESTED_MAJOR:
         return _item(cid, WARNING, 'source runs PostgreSQL %s, newer than the newest major pgdts was tested with (%d)'
                      % (text, SOURCE_MAX_TESTED_MAJOR), 'Run a trial migration first.', obj)
+    if _major(version) < SOURCE_MIN_TESTED_MAJOR:
+        return _item(cid, WARNING, 'source runs PostgreSQL %s, older than the oldest major pgdts was tested with (%d)'
+                     % (text, SOURCE_MIN_TESTED_MAJOR), 'Run a trial migration first.', obj)
     return _item(cid, PASS, 'source runs PostgreSQL %s (supported: %d to %d)'
-                 % (text, _major(SOURCE_MIN_VERSION), SOURCE_MAX_TESTED_MAJOR), '', obj)
+                 % (text, SOURCE_MIN_TESTED_MAJOR, SOURCE_MAX_TESTED_MAJOR), '', obj)
 
 
 def compare_versions(source_num, dest_num):
@@ -883,6 +890,31 @@ def check_destination_version(ctx):
     return _item(cid, status, message, hint, [
         {'type': 'server', 'role': 'source', 'version_num': ctx.src.get('version')},
         {'type': 'server', 'role': 'destination', 'version_num': ctx.dst.get('version')}])
+
+
+def check_client_programs(ctx):
+    """pg_dump and pg_restore (psql too, if it is there) the worker can run for these servers, on this host."""
+    cid = 'worker.client_programs'
+    if not ctx.src.ok:
+        return _skip_source(cid)
+    if not ctx.dst.ok:
+        return _skip_destination(cid)
+    low, high = schema.client_bounds(ctx.src.get('version'), ctx.dst.get('version'))
+    bindir = getattr(ctx, 'pg_bindir', None)
+    try:
+        found = schema.client_bindir(bindir, ctx.src.get('version'), ctx.dst.get('version'))
+    except schema.SchemaError as exc:
+        need = ('%d or newer' % low) if high is None else ('%d to %d' % (low, high)) if low < high else str(low)
+        why = ('' if high is None else ' (pg_restore of 17 or newer sends SET transaction_timeout, which a '
+               'destination before 17 rejects)')
+        return _item(cid, FAILED, 'no pg_dump and pg_restore of PostgreSQL %s on this host%s: %s' % (need, why, exc),
+                     'Install the client programs of PostgreSQL %s on the worker host (Debian/Ubuntu: '
+                     'postgresql-client-%d from apt.postgresql.org; RHEL: postgresql%d) and, if they are not under '
+                     '/usr/lib/postgresql or on PATH, give their directory as pg_bindir.' % (need, low, low))
+    programs = [{'type': 'program', 'name': name, 'path': os.path.join(found, name),
+                 'major': schema.client_major(os.path.join(found, name))} for name in ('pg_dump', 'pg_restore')]
+    return _item(cid, PASS, 'pg_dump and pg_restore of PostgreSQL %s in %s' % (programs[0]['major'], found), '',
+                 programs)
 
 
 def check_source_recovery(ctx):
@@ -2071,6 +2103,7 @@ CHECKS = (
     check_distinct,
     check_source_version,
     check_destination_version,
+    check_client_programs,
     check_source_recovery,
     check_destination_recovery,
     check_wal_level,
@@ -2111,7 +2144,8 @@ CHECKS = (
 
 CHECK_IDS = (
     'task.name', 'source.connection', 'destination.connection', 'source.databases', 'source.replication_connection',
-    'servers.distinct', 'source.version', 'destination.version', 'source.recovery', 'destination.recovery',
+    'servers.distinct', 'source.version', 'destination.version',
+    'worker.client_programs', 'source.recovery', 'destination.recovery',
     'source.wal_level', 'source.replication_slots', 'source.wal_senders', 'source.max_slot_wal_keep_size',
     'source.wal_sender_timeout', 'source.statement_timeout', 'source.idle_in_transaction_session_timeout',
     'source.replication_privilege', 'source.select_privilege', 'source.publication_privilege',
@@ -2153,12 +2187,14 @@ def task_is_resumable(destination, task):
 
 
 def run_checks(source, destination, task, databases=None, tables=None, exclude_tables=None, plugin='pgoutput',
-               incremental=True, resuming=False, migrate_roles=False, replica_identity='fail'):
+               incremental=True, resuming=False, migrate_roles=False, replica_identity='fail',
+               pg_bindir=None):
     """source/destination: connection.ServerSpec. Returns a list of CheckItem dicts
     {'id': str, 'status': 'pass'|'warning'|'failed', 'message': str, 'hint': str, 'objects': list}."""
     ctx = _Ctx(source, destination, task, databases, tables, exclude_tables, plugin, incremental, resuming,
                migrate_roles)
     ctx.replica_identity = replica_identity or 'fail'
+    ctx.pg_bindir = pg_bindir
     try:
         task_state.validate_task_name(task)
         ctx.object_re = task_state.object_name_re(task)

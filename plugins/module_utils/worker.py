@@ -296,6 +296,15 @@ class TaskRunner:
             else:
                 self.resume_copy(dbname)
 
+    def client_bindir(self):
+        """Directory of the pg_dump / pg_restore / psql of this task (schema.client_bindir), found once."""
+        if getattr(self, '_client_bindir', None) is None:
+            with connect(self.source, application_name='pgdts-worker') as src, \
+                    connect(self.destination, application_name='pgdts-worker') as dst:
+                self._client_bindir = schema.client_bindir(self.spec.get('pg_bindir'), src.info.server_version,
+                                                           dst.info.server_version)
+        return self._client_bindir
+
     def load_database(self, dbname, row):
         """Fresh start for one database: slot with exported snapshot, schema, copy of every table under it."""
         from ansible_collections.pgdts.migration.plugins.module_utils import decoding
@@ -305,6 +314,7 @@ class TaskRunner:
         with connect(self.destination, application_name='pgdts-worker') as admin, \
                 connect(self.source, application_name='pgdts-worker') as src_admin:
             props = schema.database_properties(src_admin, dbname)
+            dest_version = admin.info.server_version
             created = schema.ensure_database(admin, dbname, props)
             if created:
                 self.store.update_database(self.name, dbname, created_database=True)
@@ -321,7 +331,7 @@ class TaskRunner:
             chosen = self.identity_checked(src, dbname, chosen)
             if plugin == 'pgoutput':
                 decoding.create_publication(src, name, [(t.schema, t.name) for t in scope.publication_tables(chosen)])
-            major = src.info.server_version // 10000
+            major = max(src.info.server_version, dest_version) // 10000     # pg_dump/pg_restore at least this
         self.store.register_tables(self.name, dbname, chosen)
         self.store.reset_unfinished_tables(self.name, dbname)
         repl = connect(self.source, dbname, application_name='pgdts-snapshot', replication='database')
@@ -332,13 +342,15 @@ class TaskRunner:
             dump_path = schema.temp_dump_path(self.paths.work, task_state.database_tag(dbname))
             whole = not self.spec.get('tables') and not self.spec.get('exclude_tables')
             schema.dump_schema(self.source, dbname, snapshot, schema.dump_arguments(all_tables, chosen, whole), dump_path,
-                               keep_owners=self.spec.get('migrate_roles', False), server_major=major)
+                               keep_owners=self.spec.get('migrate_roles', False), server_major=major,
+                               bindir=self.client_bindir())
             self.log('database "%s": schema dumped' % dbname)
             with open(dump_path, 'rb') as handle:
                 self.store.update_database(self.name, dbname, schema_dump=handle.read())
             try:
                 schema.restore_section(self.destination, dbname, dump_path, 'pre-data', clean=retry,
-                                       keep_owners=self.spec.get('migrate_roles', False))
+                                       keep_owners=self.spec.get('migrate_roles', False),
+                                       bindir=self.client_bindir())
                 self.store.update_database(self.name, dbname, schema_done=True)
                 self.event('database "%s": schema (pre-data) restored' % dbname)
                 self.store.set_stage(self.name, 'copy')
@@ -412,7 +424,8 @@ class TaskRunner:
             pages = table_pages(src, tables)
             if dump_path:
                 with connect(self.destination, dbname, application_name='pgdts-worker') as dst:
-                    plan, _built = schema.table_post_data(src, dst, schema.toc_entries(dump_path))
+                    entries = schema.toc_entries(dump_path, self.client_bindir())
+                    plan, _built = schema.table_post_data(src, dst, entries)
         items = plan_items(tables, pages, jobs)
         store = self.store
         copied = copy_mod.CopiedBatch(lambda batch: store.tables_copied(self.name, dbname, batch, copy_lsn))
@@ -421,7 +434,7 @@ class TaskRunner:
             builder = copy_mod.IndexBuilder(
                 plan, lambda lines, started: schema.restore_entries(
                     self.destination, dbname, dump_path, lines, jobs=jobs, keep_owners=keep_owners, started=started,
-                    maintenance_work_mem=self.spec.get('maintenance_work_mem')),
+                    maintenance_work_mem=self.spec.get('maintenance_work_mem'), bindir=self.client_bindir()),
                 lambda: connect(self.destination, dbname, application_name='pgdts-analyze', options=WRITER_OPTIONS),
                 stop_event=self.stop_event, log=self.log)
 
@@ -440,7 +453,7 @@ class TaskRunner:
                 builder.table_done(table)
 
         try:
-            psql = schema.client_program('psql')
+            psql = schema.client_program('psql', self.client_bindir())
         except schema.SchemaError:
             psql = None
         copier = ParallelCopy(self.source, self.destination, dbname, snapshot, jobs, started, progress, done,
@@ -477,6 +490,7 @@ class TaskRunner:
         jobs = int(self.spec.get('jobs', 4))
         keep_owners = self.spec.get('migrate_roles', False)
         index_memory = self.spec.get('maintenance_work_mem')
+        bindir = self.client_bindir()
         for row in self.store.databases(self.name):
             self.check_stop()
             dbname = row['dbname']
@@ -490,16 +504,18 @@ class TaskRunner:
                 # indexes and constraints built during the copy (or by an interrupted earlier attempt) are left out
                 with connect(self.source, dbname, application_name='pgdts-worker') as src, \
                         connect(self.destination, dbname, application_name='pgdts-worker') as dst:
-                    _plan, built = schema.table_post_data(src, dst, schema.toc_entries(dump_path))
+                    _plan, built = schema.table_post_data(src, dst, schema.toc_entries(dump_path, bindir))
                 # nothing left (every post-data object was built during the copy): no pg_restore session at all
-                if any(e.line not in built for e in schema.toc_entries(dump_path, section='post-data')):
+                if any(e.line not in built for e in schema.toc_entries(dump_path, bindir, section='post-data')):
                     try:
                         schema.restore_section(self.destination, dbname, dump_path, 'post-data', jobs=jobs,
-                                               keep_owners=keep_owners, skip=built, maintenance_work_mem=index_memory)
+                                               keep_owners=keep_owners, skip=built, maintenance_work_mem=index_memory,
+                                               bindir=bindir)
                     except schema.SchemaError:
                         # A retry after a crash may find part of the post-data already built: restore with --clean.
                         schema.restore_section(self.destination, dbname, dump_path, 'post-data', jobs=jobs,
-                                               clean=True, keep_owners=keep_owners, maintenance_work_mem=index_memory)
+                                               clean=True, keep_owners=keep_owners, maintenance_work_mem=index_memory,
+                                               bindir=bindir)
             finally:
                 os.unlink(dump_path)
             self.log('database "%s": post-data restored' % dbname)
@@ -632,8 +648,11 @@ class SyncLoop:
         """After a sync error: raise SlotInvalidated (from exc) when the task's slot was dropped or invalidated."""
         try:
             with connect(self.runner.source, self.dbname, application_name='pgdts-worker') as conn:
-                row = conn.execute('SELECT wal_status, restart_lsn::text, confirmed_flush_lsn::text FROM '
-                                   'pg_catalog.pg_replication_slots WHERE slot_name = %s', (self.name,)).fetchone()
+                # wal_status exists from 13 on; a 12 slot is never invalidated (no max_slot_wal_keep_size)
+                status = sql.SQL('wal_status' if conn.info.server_version >= 130000 else 'NULL::text')
+                row = conn.execute(sql.SQL('SELECT {}, restart_lsn::text, confirmed_flush_lsn::text FROM '
+                                           'pg_catalog.pg_replication_slots WHERE slot_name = %s').format(status),
+                                   (self.name,)).fetchone()
                 keep = query_value(conn, "SELECT pg_catalog.current_setting('max_slot_wal_keep_size', true)")
         except Exception:  # pylint: disable=broad-except
             return       # cannot tell: the original error stands

@@ -90,6 +90,18 @@ options:
       - The server's own setting applies to nothing else.
     type: str
     default: 512MB
+  pg_bindir:
+    description:
+      - Directory of the PostgreSQL client programs (C(pg_dump), C(pg_restore), C(psql)) the worker runs, on the
+        worker host, for example V(/usr/lib/postgresql/18/bin).
+      - They must be of a major version at least that of the source and of the destination (C(pg_dump) refuses a
+        newer server, C(pg_restore) an archive of a newer C(pg_dump)), and of 16 or older when the destination runs
+        16 or older (C(pg_restore) of 17 and newer sends C(SET transaction_timeout), which older servers reject).
+        Without this option, or when its programs do not fit, the newest fitting ones found among
+        C(/usr/lib/postgresql/*/bin), C(/usr/pgsql-*/bin) and C(PATH) are used; M(pgdts.migration.pg_dts_verify)
+        fails its C(worker.client_programs) check when there are none.
+      - Set when the task is created; a resumed task keeps the value it was created with.
+    type: path
   start_at:
     description:
       - ISO 8601 time at which the task starts (stage V(scheduled) until then). A time without zone is local time.
@@ -191,6 +203,12 @@ notes:
   - UNLOGGED tables write no WAL, so the sync cannot see their changes. They are copied by the full copy, left out of
     the publication and the sync, and copied again (C(TRUNCATE) and C(COPY)) by M(pgdts.migration.pg_dts_finish)
     under the write fence.
+  - "Tested sources: PostgreSQL 12 to 18 with V(pgoutput), 15 with V(wal2json); the destination runs the same or a
+    newer major (tested pairs: 12 to 18, 13 to 17, 14 to 16, 15 to 18, 16 to 17, 17 to 18, 18 to 18, 12 to 12)."
+  - On a PostgreSQL 12 source the publication lists the leaf partitions of a partitioned table (12 cannot publish a
+    partitioned table); changes reach the same partitions of the destination on every major.
+  - The client programs must fit both servers (see O(pg_bindir)); for a destination before 17 they must be of 16 or
+    older, since C(pg_restore) of 17 and newer sends C(SET transaction_timeout).
 seealso:
   - module: pgdts.migration.pg_dts_verify
   - module: pgdts.migration.pg_dts_finish
@@ -316,6 +334,7 @@ def main():
         incremental=dict(type='bool', default=True),
         jobs=dict(type='int', default=4),
         maintenance_work_mem=dict(type='str', default='512MB'),
+        pg_bindir=dict(type='path'),
         start_at=dict(type='str'),
         drop_destination=dict(type='bool', default=False),
         protect_destination=dict(type='bool', default=True),
