@@ -120,7 +120,7 @@ class TaskControl:
         if not value:
             return None
         try:
-            return worker.parse_time(value).isoformat()
+            return task_state.parse_time(value).isoformat()
         except ValueError:
             raise TaskControlError('start_at %r is not an ISO 8601 time such as 2026-12-01T02:00:00+01:00' % value)
 

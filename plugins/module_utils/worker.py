@@ -262,7 +262,7 @@ class TaskRunner:
                 self.stop_event.wait(min(10.0, 0.5 + waited / 4))
 
     def wait_for_start(self):
-        start_at = parse_time(self.spec.get('start_at'))
+        start_at = task_state.parse_time(self.spec.get('start_at'))
         if start_at is None:
             return
         self.event('scheduled: waiting until %s' % start_at.isoformat())
@@ -899,19 +899,6 @@ def error_record(exc, stage):
         if value is not None:
             record[attr] = lsn_text(value) if attr == 'lsn' and isinstance(value, int) else value
     return json.loads(json.dumps(record, default=str))
-
-
-def parse_time(value):
-    if not value:
-        return None
-    if isinstance(value, datetime.datetime):
-        parsed = value
-    else:
-        text = str(value).strip().replace('Z', '+00:00')
-        parsed = datetime.datetime.fromisoformat(text)
-    if parsed.tzinfo is None:
-        parsed = parsed.astimezone()
-    return parsed.astimezone(datetime.timezone.utc)
 
 
 def main(argv=None):
