@@ -28,6 +28,7 @@ class Finisher:
         self.params = params
         self.name = control.name
         self.fenced = []
+        self.moved = {}         # what the cutover carried besides rows: materialized views, large objects
 
     def log(self, store, message):
         store.add_log(self.name, message)
@@ -80,6 +81,51 @@ class Finisher:
                 raise TaskControlError('timed out after %d s waiting for the destination to apply everything up to %s'
                                        % (timeout, task_state.lsn_text(target)), task=self.control.report(store))
             time.sleep(0.1)
+
+    def scope_tables(self, store, dbname):
+        """None for a whole-database task, else the task's [(schema, table)] of `dbname` (catalog.sequences_in_scope)."""
+        if catalog.whole_database(store.get_task(self.name)['spec'] or {}):
+            return None
+        return [(r['schema'], r['table']) for r in store.tables(self.name, dbname)]
+
+    def refresh_materialized_views(self, store, databases):
+        """After the catch-up: REFRESH the materialized views of the scope on the destination, in dependency order,
+        so that they hold what the caught-up data gives."""
+        refreshed = []
+        for dbname in databases:
+            scope = self.scope_tables(store, dbname)
+            schemas = None if scope is None else sorted({s for s, _t in scope})
+            for item in schema.refresh_materialized_views(self.control.source, self.control.destination, dbname,
+                                                          schemas):
+                item['database'] = dbname
+                refreshed.append(item)
+        if refreshed:
+            self.log(store, 'finish: %d materialized view(s) refreshed' % len(refreshed))
+        self.moved['materialized_views'] = refreshed
+
+    def sync_large_objects(self, store, databases):
+        """After the catch-up, with the source fenced: bring the large objects of a whole-database task up to date
+        (logical decoding does not carry them). A table selection does not carry large objects: it cannot tell which
+        belong to it; the result says how many it left."""
+        from ansible_collections.pgdts.migration.plugins.module_utils import large_objects
+        spec = store.get_task(self.name)['spec'] or {}
+        rows = {r['dbname']: r for r in store.databases(self.name)}
+        summaries = []
+        for dbname in databases:
+            if not catalog.whole_database(spec):
+                with connect(self.control.source, dbname, application_name='pgdts-finish') as conn:
+                    left = large_objects.count(conn)
+                if left:
+                    summaries.append({'database': dbname, 'source': left, 'carried': False,
+                                      'reason': 'a table selection does not carry large objects'})
+                continue
+            summary = large_objects.sync_large_objects(
+                self.control.source, self.control.destination, dbname, keep_owners=spec.get('migrate_roles', False),
+                drop_extra=bool(rows[dbname]['created_database']))
+            if summary['source'] or summary['dropped'] or summary['kept']:
+                self.log(store, 'finish: database "%s": %s' % (dbname, large_objects.describe(summary)))
+            summaries.append(dict(summary, database=dbname))
+        self.moved['large_objects'] = summaries
 
     def compare(self, store, databases):
         mode = self.params.get('compare', 'checksum')
@@ -148,11 +194,17 @@ class Finisher:
                 'source fenced read-only' if fence == 'read_only' else 'no fence', task_state.lsn_text(target)))
             self.wait_applied(store, target, int(self.params.get('wait_timeout') or 600))
             phase('catch_up')
+            self.refresh_materialized_views(store, databases)
+            phase('materialized_views')
+            self.sync_large_objects(store, databases)
+            phase('large_objects')
             sequences = []
             if self.params.get('sync_sequences', True):
+                spec = store.get_task(self.name)['spec'] or {}
                 for dbname in databases:
-                    schemas = sorted({r['schema'] for r in store.tables(self.name, dbname)})
-                    for item in schema.sync_sequences(control.source, control.destination, dbname, schemas):
+                    for item in schema.sync_sequences(control.source, control.destination, dbname,
+                                                      self.scope_tables(store, dbname),
+                                                      keep_owners=spec.get('migrate_roles', False)):
                         item['database'] = dbname
                         sequences.append(item)
             phase('sequences')
@@ -192,6 +244,7 @@ class Finisher:
         finish = {'final_lsn': task_state.lsn_text(target), 'sequences': sequences, 'comparison': comparison,
                   'comparison_summary': summary, 'downtime_seconds': downtime, 'terminated_sessions': terminated,
                   'source_fenced': bool(self.fenced), 'phase_seconds': phases}
+        finish.update(self.moved)
         store.finish_task(self.name, 'finished', {'finish': finish})
         store.add_log(self.name, 'finished: sync ended, slots, publications and origins dropped')
         worker.remove_task_dir(control.paths)
