@@ -367,6 +367,8 @@ class TaskRunner:
             self.event('database "%s": keeping %d copied table(s): %s' % (
                 dbname, len(kept), ', '.join('%s.%s' % (r['schema'], r['table']) for r in kept)))
         if not pending_names:
+            # every table is copied; large objects may not be (a restart during their copy): complete them now
+            self.copy_large_objects(dbname, None)
             return
         self.store.reset_unfinished_tables(self.name, dbname)
         with connect(self.source, dbname, application_name='pgdts-worker') as src:

@@ -246,3 +246,36 @@ def test_large_objects_are_copied_and_brought_up_to_date_at_finish(servers, ansi
             'created during the sync'
     finally:
         unfence(src, dbname)
+
+
+def test_large_object_pass_completes_a_partial_copy_and_a_second_pass_changes_nothing(servers):
+    """The pass that a resumed copy and finish run: it completes what an interrupted copy left (missing, cut short),
+    leaves the destination's own objects in a database the task did not create, and is idempotent."""
+    from ansible_collections.pgdts.migration.plugins.module_utils import large_objects
+    from ansible_collections.pgdts.migration.plugins.module_utils.connection import ServerSpec
+    src, dst = servers
+    dbname = 'lo_pass'
+    for cluster in servers:
+        cluster.create_database(dbname)
+    with src.connect(dbname) as conn:
+        conn.execute("SELECT lo_from_bytea(60000 + g, convert_to(repeat('x' || g, 1000 * g), 'UTF8')) "
+                     "FROM generate_series(1, 20) g")
+    with dst.connect(dbname) as conn:
+        # an interrupted copy: some objects there, one cut short; and one of the destination's own
+        conn.execute("SELECT lo_from_bytea(60000 + g, convert_to(repeat('x' || g, 1000 * g), 'UTF8')) "
+                     "FROM generate_series(1, 8) g")
+        conn.execute("SELECT lo_from_bytea(60009, 'cut')")
+        conn.execute("SELECT lo_from_bytea(70000, 'the destination''s own')")
+    source, destination = ServerSpec.from_dict(src.spec()), ServerSpec.from_dict(dst.spec())
+    first = large_objects.sync_large_objects(source, destination, dbname, drop_extra=False)
+    assert first == {'source': 20, 'created': 11, 'rewritten': 1, 'dropped': 0, 'privileges_set': 0, 'kept': 1}
+    state = 'SELECT oid::bigint, md5(lo_get(oid)) FROM pg_largeobject_metadata WHERE oid < 70000 ORDER BY 1'
+    assert rows(dst, dbname, state) == rows(src, dbname, state)
+    assert dst.value('SELECT count(*) FROM pg_largeobject_metadata WHERE oid = 70000', dbname=dbname) == 1
+    again = large_objects.sync_large_objects(source, destination, dbname, drop_extra=False)
+    assert again == {'source': 20, 'created': 0, 'rewritten': 0, 'dropped': 0, 'privileges_set': 0, 'kept': 1}
+    # in a database the task created, what the source does not have goes
+    third = large_objects.sync_large_objects(source, destination, dbname, drop_extra=True)
+    assert third['dropped'] == 1
+    assert rows(dst, dbname, 'SELECT oid::bigint FROM pg_largeobject_metadata ORDER BY 1') == \
+        rows(src, dbname, 'SELECT oid::bigint FROM pg_largeobject_metadata ORDER BY 1')
