@@ -94,7 +94,8 @@ notes:
   - After the catch-up, with the source fenced, finish refreshes the task's materialized views on the destination
     (in dependency order; those not populated on the source stay unpopulated) and, for a whole-database task, brings
     the large objects up to date (created, unlinked, written again where their data differs; with C(migrate_roles)
-    owners and privileges too): logical decoding carries neither. A table selection does not carry large objects.
+    owners and privileges too), since logical decoding carries neither. A table selection does not carry large
+    objects.
 seealso:
   - module: pgdts.migration.pg_dts_migrate
 '''
