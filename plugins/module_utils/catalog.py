@@ -211,18 +211,121 @@ def unmatched_patterns(tables, include, dbname=None):
     return missing
 
 
-def list_sequences(conn, schemas=None):
-    """Sequences (schema, name, owning table or None) in the given schemas (all user schemas when None)."""
+def whole_database(spec):
+    """True when a task (its spec) takes whole databases: no table patterns, nothing excluded."""
+    return not spec.get('tables') and not spec.get('exclude_tables')
+
+
+# The sequences a task carries, in one place (verify counts them, the copy and the cutover set them): every sequence of
+# the database for a whole-database task (parameter 1), else the sequences the selected tables (oids, parameters 2 and
+# 3) use wherever they live: OWNED BY and identity (pg_depend 'a' / 'i'), and column defaults that name them
+# (nextval('ids.order_seq') records a dependency of the default on the sequence). Columns: schema, name, whether the
+# connected role may read it, oid.
+SEQUENCES_IN_SCOPE = """
+SELECT DISTINCT sn.nspname, s.relname, pg_catalog.has_sequence_privilege(s.oid, 'SELECT'), s.oid
+  FROM pg_catalog.pg_class s
+  JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace
+ WHERE s.relkind = 'S'
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_class'::regclass
+                      AND e.objid = s.oid AND e.deptype = 'e')
+   AND (%s
+        OR EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                    WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = s.oid
+                      AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = ANY(%s)
+                      AND d.deptype IN ('a', 'i'))
+        OR EXISTS (SELECT 1 FROM pg_catalog.pg_attrdef ad
+                     JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.objid = ad.oid
+                    WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = s.oid
+                      AND ad.adrelid = ANY(%s)))
+   AND sn.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND sn.nspname NOT LIKE 'pg\\_temp\\_%%'
+ ORDER BY 1, 2
+"""
+
+
+def sequence_scope_params(whole, table_oids):
+    """The parameters of SEQUENCES_IN_SCOPE."""
+    oids = list(table_oids or [])
+    return (bool(whole), oids, oids)
+
+
+def table_oids(conn, names):
+    """Oids of the tables [(schema, name)] of the connected database (those that exist)."""
+    names = list(names)
+    if not names:
+        return []
     rows = query_all(conn, """
-        SELECT n.nspname, c.relname,
-               (SELECT tn.nspname || '.' || tc.relname FROM pg_catalog.pg_depend d
-                  JOIN pg_catalog.pg_class tc ON tc.oid = d.refobjid
-                  JOIN pg_catalog.pg_namespace tn ON tn.oid = tc.relnamespace
-                 WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid
-                   AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i') LIMIT 1)
-          FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-         WHERE c.relkind = 'S' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
-                            WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
-         ORDER BY 1, 2""")
-    return [r for r in rows if schemas is None or r[0] in schemas]
+        SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          JOIN unnest(%s::text[], %s::text[]) AS t(schema_name, table_name)
+            ON t.schema_name = n.nspname AND t.table_name = c.relname""",
+                     ([s for s, _n in names], [n for _s, n in names]))
+    return [r[0] for r in rows]
+
+
+def sequences_in_scope(conn, tables=None):
+    """[(schema, name, oid)] of the sequences a task carries: `tables` None = the whole database, else the
+    [(schema, table)] the task selected."""
+    whole = tables is None
+    oids = [] if whole else table_oids(conn, tables)
+    return [(r[0], r[1], r[3]) for r in query_all(conn, SEQUENCES_IN_SCOPE, sequence_scope_params(whole, oids))]
+
+
+# Materialized views and the relations their defining query reads (through their _RETURN rule), and the same for
+# views, so that a matview reading a view over another matview is ordered after that one.
+_MATVIEWS_QUERY = """
+SELECT c.oid, n.nspname, c.relname, c.relispopulated
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind = 'm' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_class'::regclass
+                      AND e.objid = c.oid AND e.deptype = 'e')
+ ORDER BY 2, 3
+"""
+
+_VIEW_EDGES_QUERY = """
+SELECT DISTINCT r.ev_class, d.refobjid
+  FROM pg_catalog.pg_rewrite r
+  JOIN pg_catalog.pg_class v ON v.oid = r.ev_class AND v.relkind IN ('v', 'm')
+  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
+  JOIN pg_catalog.pg_class t ON t.oid = d.refobjid AND t.relkind IN ('v', 'm')
+ WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> r.ev_class AND r.rulename = '_RETURN'
+"""
+
+
+def materialized_views(conn, schemas=None):
+    """[(schema, name, populated)] of the materialized views of the connected database (those in `schemas` when
+    given), in dependency order: a matview comes after every matview its query reads, directly or through views."""
+    rows = query_all(conn, _MATVIEWS_QUERY)
+    matviews = {r[0]: (r[1], r[2], r[3]) for r in rows}
+    reads = {}
+    for dependent, referenced in query_all(conn, _VIEW_EDGES_QUERY):
+        reads.setdefault(dependent, set()).add(referenced)
+
+    def matviews_read(oid):
+        """The matviews that `oid`'s query reads, looking through views."""
+        found, seen, todo = set(), {oid}, list(reads.get(oid, ()))
+        while todo:
+            current = todo.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            if current in matviews:
+                found.add(current)
+            else:
+                todo.extend(reads.get(current, ()))
+        return found
+
+    ordered, placed = [], set()
+
+    def place(oid, path):
+        if oid in placed or oid in path:
+            return
+        path.add(oid)
+        for before in sorted(matviews_read(oid), key=lambda o: matviews[o][:2]):
+            place(before, path)
+        path.discard(oid)
+        placed.add(oid)
+        ordered.append(oid)
+
+    for oid in [r[0] for r in rows]:
+        place(oid, set())
+    return [matviews[oid] for oid in ordered if schemas is None or matviews[oid][0] in schemas]

@@ -384,25 +384,8 @@ SELECT n.nspname FROM pg_catalog.pg_namespace n
  WHERE n.nspname = ANY(%s) AND NOT pg_catalog.has_schema_privilege(n.oid, 'USAGE') ORDER BY 1
 """
 
-_SEQUENCES = """
-SELECT DISTINCT sn.nspname, s.relname, pg_catalog.has_sequence_privilege(s.oid, 'SELECT')
-  FROM pg_catalog.pg_class s
-  JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace
- WHERE s.relkind = 'S'
-   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_class'::regclass
-                      AND e.objid = s.oid AND e.deptype = 'e')
-   AND (%s
-        OR EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
-                    WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = s.oid
-                      AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = ANY(%s)
-                      AND d.deptype IN ('a', 'i'))
-        OR EXISTS (SELECT 1 FROM pg_catalog.pg_attrdef ad
-                     JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.objid = ad.oid
-                    WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = s.oid
-                      AND ad.adrelid = ANY(%s)))
-   AND sn.nspname NOT IN ('pg_catalog', 'information_schema')
- ORDER BY 1, 2
-"""
+# which sequences a task carries: one query for verify, the copy and the cutover
+_SEQUENCES = catalog.SEQUENCES_IN_SCOPE
 
 _NOT_OWNED = """
 SELECT c.oid FROM pg_catalog.pg_class c
@@ -484,7 +467,7 @@ def _gather_source_db(ctx, dbname):
         holder.fetch('no_replica_identity', conn, _REPLICA_IDENTITY_MISSING, (oids,))
         holder.fetch('no_select', conn, _NO_SELECT, (oids,))
         holder.fetch('no_usage', conn, _NO_USAGE, (sorted({t.schema for t in selected}),))
-        holder.fetch('sequences', conn, _SEQUENCES, (ctx.whole_databases, oids, oids))
+        holder.fetch('sequences', conn, _SEQUENCES, catalog.sequence_scope_params(ctx.whole_databases and not ctx.exclude, oids))
         holder.fetch('not_owned', conn, _NOT_OWNED, (oids,))
         holder.fetch('can_create', conn, "SELECT pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE')",
                      how='value')
@@ -1138,7 +1121,7 @@ def check_select_privilege(ctx):
             out.append(_table_obj(db, t.schema, t.name, privilege='SELECT'))
         for (schema,) in holder.get('no_usage') or []:
             out.append({'type': 'schema', 'database': db, 'name': schema, 'privilege': 'USAGE'})
-        for schema, name, ok in holder.get('sequences') or []:
+        for schema, name, ok, _oid in holder.get('sequences') or []:
             if not ok:
                 out.append({'type': 'sequence', 'database': db, 'schema': schema, 'name': name, 'privilege': 'SELECT'})
         return out
@@ -1565,37 +1548,48 @@ def check_unlogged(ctx):
 
 def check_materialized_views(ctx):
     cid = 'tables.materialized_views'
+    whole = not ctx.include and not ctx.exclude
 
     def evaluate(db, holder):
         rows = holder.get('matviews') or []
-        if ctx.whole_databases:
-            chosen = rows
-        else:
-            patterns = [catalog.split_pattern(p) for p in ctx.include]
-            chosen = [(s, n) for s, n in rows
-                      if any((p[0] is None or fnmatch.fnmatchcase(db, p[0])) and fnmatch.fnmatchcase(s, p[1])
-                             and fnmatch.fnmatchcase(n, p[2]) for p in patterns)]
-        return [{'type': 'materialized_view', 'database': db, 'schema': s, 'name': n} for s, n in chosen]
+        if whole:
+            return [{'type': 'materialized_view', 'database': db, 'schema': s, 'name': n, 'carried': True}
+                    for s, n in rows]
+        # a table selection carries the matviews of the schemas of its tables (the schema dump holds them)
+        schemas = {t.schema for t in holder.get('selected', [])}
+        patterns = [catalog.split_pattern(p) for p in ctx.include]
+        named = [(s, n) for s, n in rows
+                 if any((p[0] is None or fnmatch.fnmatchcase(db, p[0])) and fnmatch.fnmatchcase(s, p[1])
+                        and fnmatch.fnmatchcase(n, p[2]) for p in patterns)]
+        return [{'type': 'materialized_view', 'database': db, 'schema': s, 'name': n, 'carried': s in schemas}
+                for s, n in rows if s in schemas or (s, n) in named]
 
     found, error = _per_db_items(ctx, cid, ['matviews'], evaluate)
     if error:
         return error
     if not found:
         return _with_unreachable(ctx, _item(cid, PASS, 'no materialized view in the selection'))
+    left = [o for o in found if not o['carried']]
+    if left:
+        shown = _names(_tdisplay(o['database'], o['schema'], o['name']) for o in left)
+        return _with_unreachable(ctx, _item(
+            cid, WARNING, 'the table patterns match %s, which are not tables and are not carried (a table selection '
+                          'carries the materialized views of the schemas of its tables only): %s'
+                          % (_plural(len(left), 'materialized view'), shown),
+            'Select a table of their schema, or create %s (and the others) on the destination after cutover and '
+            'REFRESH it there.' % _qname(left[0]['schema'], left[0]['name']), found))
     shown = _names(_tdisplay(o['database'], o['schema'], o['name']) for o in found)
-    if ctx.whole_databases:
-        message = ('%s: logical decoding does not carry them, so their contents on the destination are what the last '
-                   'refresh there produced: %s' % (_plural(len(found), 'materialized view'), shown))
-    else:
-        message = ('the table patterns match %s, which are not tables and are not copied: %s'
-                   % (_plural(len(found), 'materialized view'), shown))
     return _with_unreachable(ctx, _item(
-        cid, WARNING, message, 'After cutover run REFRESH MATERIALIZED VIEW %s; (and the others) on the destination.'
-        % _qname(found[0]['schema'], found[0]['name']), found))
+        cid, PASS, '%s: logical decoding does not carry their contents, so pgdts refreshes them on the destination '
+                   'after the copy and again at cutover after the catch-up (in dependency order; one that is not '
+                   'populated on the source stays unpopulated); they then hold what a refresh on the source at the '
+                   'fence would give, which differs from a source matview not refreshed since its tables changed: %s'
+                   % (_plural(len(found), 'materialized view'), shown), None, found))
 
 
 def check_large_objects(ctx):
     cid = 'tables.large_objects'
+    whole = not ctx.include and not ctx.exclude
     found, error = _per_db_items(ctx, cid, ['large_objects'], lambda db, h: [
         {'type': 'database', 'name': db, 'large_objects': int(h.get('large_objects'))}
         for _x in [0] if int(h.get('large_objects') or 0) > 0])
@@ -1603,12 +1597,19 @@ def check_large_objects(ctx):
         return error
     if not found:
         return _with_unreachable(ctx, _item(cid, PASS, 'no large objects in the selected databases'))
+    counts = _names('%d in "%s"' % (o['large_objects'], o['name']) for o in found)
+    if whole:
+        return _with_unreachable(ctx, _item(
+            cid, PASS, 'large objects (%s): copied with the full copy under its snapshot, with their oids (owners and '
+                       'privileges with migrate_roles), and brought up to date at cutover while the source is fenced '
+                       '(created, unlinked, written again where the md5 of the data differs), since logical decoding '
+                       'does not carry them' % counts,
+            None, found))
     return _with_unreachable(ctx, _item(
-        cid, WARNING, 'large objects exist (%s): logical decoding does not carry them, so changes to them after the copy '
-                      'do not reach the destination, and a table selection does not copy them at all'
-                      % _names('%d in "%s"' % (o['large_objects'], o['name']) for o in found),
-        'Store such data in bytea columns, or copy the large objects again at cutover (pg_dump --large-objects '
-        '--data-only) while writes are stopped.', found))
+        cid, WARNING, 'large objects exist (%s): a table selection does not carry large objects (nothing tells which '
+                      'of them belong to the selected tables), so the destination gets none of them' % counts,
+        'Migrate the whole database (no tables / exclude_tables) to carry them, or copy them yourself while writes '
+        'are stopped at cutover (pg_dump --large-objects --data-only).', found))
 
 
 def check_generated_columns(ctx):

@@ -32,6 +32,7 @@ class Finisher:
         self.fenced = []
         self.scope_result = {}
         self.left_out = {}   # {dbname: [(schema, table)]} left out by replica_identity: exclude (not in the proof)
+        self.moved = {}         # what the cutover carried besides rows: materialized views, large objects
 
     def log(self, store, message):
         store.add_log(self.name, message)
@@ -130,6 +131,51 @@ class Finisher:
                 '%s.%s.%s (%d rows)' % (d['database'], d['schema'], d['table'], d['rows']) for d in done))
         self.scope_result['unlogged_recopied'] = done
 
+    def scope_tables(self, store, dbname):
+        """None for a whole-database task, else the task's [(schema, table)] of `dbname` (catalog.sequences_in_scope)."""
+        if catalog.whole_database(store.get_task(self.name)['spec'] or {}):
+            return None
+        return [(r['schema'], r['table']) for r in store.tables(self.name, dbname)]
+
+    def refresh_materialized_views(self, store, databases):
+        """After the catch-up: REFRESH the materialized views of the scope on the destination, in dependency order,
+        so that they hold what the caught-up data gives."""
+        refreshed = []
+        for dbname in databases:
+            selected = self.scope_tables(store, dbname)
+            schemas = None if selected is None else sorted({s for s, _t in selected})
+            for item in schema.refresh_materialized_views(self.control.source, self.control.destination, dbname,
+                                                          schemas):
+                item['database'] = dbname
+                refreshed.append(item)
+        if refreshed:
+            self.log(store, 'finish: %d materialized view(s) refreshed' % len(refreshed))
+        self.moved['materialized_views'] = refreshed
+
+    def sync_large_objects(self, store, databases):
+        """After the catch-up, with the source fenced: bring the large objects of a whole-database task up to date
+        (logical decoding does not carry them). A table selection does not carry large objects: it cannot tell which
+        belong to it; the result says how many it left."""
+        from ansible_collections.pgdts.migration.plugins.module_utils import large_objects
+        spec = store.get_task(self.name)['spec'] or {}
+        rows = {r['dbname']: r for r in store.databases(self.name)}
+        summaries = []
+        for dbname in databases:
+            if not catalog.whole_database(spec):
+                with connect(self.control.source, dbname, application_name='pgdts-finish') as conn:
+                    left = large_objects.count(conn)
+                if left:
+                    summaries.append({'database': dbname, 'source': left, 'carried': False,
+                                      'reason': 'a table selection does not carry large objects'})
+                continue
+            summary = large_objects.sync_large_objects(
+                self.control.source, self.control.destination, dbname, keep_owners=spec.get('migrate_roles', False),
+                drop_extra=bool(rows[dbname]['created_database']))
+            if summary['source'] or summary['dropped'] or summary['kept']:
+                self.log(store, 'finish: database "%s": %s' % (dbname, large_objects.describe(summary)))
+            summaries.append(dict(summary, database=dbname))
+        self.moved['large_objects'] = summaries
+
     def compare(self, store, databases):
         """The proof: everything in the task's scope, read from the source catalog now (under the fence), not from the
         tables the task registered; see proof.py."""
@@ -202,11 +248,17 @@ class Finisher:
             phase('catch_up')
             self.check_scope(store, databases)
             self.recopy_unlogged(store, databases)
+            self.refresh_materialized_views(store, databases)
+            phase('materialized_views')
+            self.sync_large_objects(store, databases)
+            phase('large_objects')
             sequences = []
             if self.params.get('sync_sequences', True):
+                spec = store.get_task(self.name)['spec'] or {}
                 for dbname in databases:
-                    schemas = sorted({r['schema'] for r in store.tables(self.name, dbname)})
-                    for item in schema.sync_sequences(control.source, control.destination, dbname, schemas):
+                    for item in schema.sync_sequences(control.source, control.destination, dbname,
+                                                      self.scope_tables(store, dbname),
+                                                      keep_owners=spec.get('migrate_roles', False)):
                         item['database'] = dbname
                         sequences.append(item)
             phase('sequences')
@@ -244,6 +296,7 @@ class Finisher:
                   'comparison_summary': summary, 'downtime_seconds': downtime, 'terminated_sessions': terminated,
                   'source_fenced': bool(self.fenced), 'phase_seconds': phases}
         finish.update(self.scope_result)
+        finish.update(self.moved)
         store.finish_task(self.name, 'finished', {'finish': finish})
         store.add_log(self.name, 'finished: sync ended, slots, publications and origins dropped')
         worker.remove_task_dir(control.paths)

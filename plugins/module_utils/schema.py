@@ -502,15 +502,85 @@ def write_sequences(conn, values):
     return done
 
 
-def sync_sequences(source, destination, dbname, schemas=None):
-    """Copy every sequence value of the selected schemas from source to destination."""
-    from ansible_collections.pgdts.migration.plugins.module_utils.catalog import list_sequences
+def sync_sequences(source, destination, dbname, tables=None, keep_owners=False, bindir=None):
+    """Set every sequence the task carries (catalog.sequences_in_scope: `tables` None = the whole database, else the
+    task's [(schema, table)]) to the source's value. A sequence in scope that the destination lacks (created on the
+    source during the sync) is created there first from the source's definition, never skipped."""
+    from ansible_collections.pgdts.migration.plugins.module_utils.catalog import sequences_in_scope
     with connect(source, dbname, application_name='pgdts-sequences') as src:
-        seqs = [(s, n) for s, n, _owner in list_sequences(src, schemas)]
-        values = read_sequences(src, seqs)
+        scope = sequences_in_scope(src, tables)
+    seqs = [(s, n) for s, n, _oid in scope]
     with connect(destination, dbname, application_name='pgdts-sequences', options=WRITER_OPTIONS) as dst:
         existing = {(r[0], r[1]) for r in query_all(dst, "SELECT schemaname, sequencename FROM pg_catalog.pg_sequences")}
-        return write_sequences(dst, {k: v for k, v in values.items() if k in existing})
+    missing = [s for s in seqs if s not in existing]
+    if missing:
+        create_sequences(source, destination, dbname, missing, keep_owners=keep_owners, bindir=bindir)
+    with connect(source, dbname, application_name='pgdts-sequences') as src:
+        values = read_sequences(src, seqs)
+    with connect(destination, dbname, application_name='pgdts-sequences', options=WRITER_OPTIONS) as dst:
+        return write_sequences(dst, values)
+
+
+def missing_sequences(source, destination, dbname, tables, dump_path, bindir=None):
+    """[(schema, name)] of the sequences in the task's scope that neither the dump holds nor the destination has: a
+    table selection dumps the schemas of its tables, so a sequence of another schema that a selected table's default
+    names (DEFAULT nextval('ids.order_seq')) is not in it, and the restore of that default would fail."""
+    from ansible_collections.pgdts.migration.plugins.module_utils.catalog import sequences_in_scope
+    dumped = {e.objoid for e in toc_entries(dump_path, bindir) if ' SEQUENCE ' in e.line}
+    with connect(source, dbname, application_name='pgdts-schema') as src:
+        scope = [(s, n) for s, n, oid in sequences_in_scope(src, tables) if oid not in dumped]
+    if not scope:
+        return []
+    with connect(destination, dbname, application_name='pgdts-schema') as dst:
+        existing = {(r[0], r[1]) for r in query_all(dst, "SELECT schemaname, sequencename FROM pg_catalog.pg_sequences")}
+    return [s for s in scope if s not in existing]
+
+
+def create_sequences(source, destination, dbname, sequences, snapshot=None, keep_owners=False, bindir=None,
+                     server_major=None):
+    """Create these source sequences [(schema, name)] on the destination as pg_dump defines them (type, start,
+    increment, bounds, cache, cycle; owner and privileges when keep_owners), with their schema when the destination
+    lacks it. One pg_dump --table per call (under `snapshot` when given); the values are set by sync_sequences."""
+    if not sequences:
+        return
+    with connect(source, dbname, application_name='pgdts-schema') as src, \
+            connect(destination, dbname, application_name='pgdts-schema', options=WRITER_OPTIONS) as dst:
+        have = {r[0] for r in query_all(dst, 'SELECT nspname FROM pg_catalog.pg_namespace')}
+        for schema in sorted({s for s, _n in sequences} - have):
+            dst.execute(sql.SQL('CREATE SCHEMA IF NOT EXISTS {}').format(sql.Identifier(schema)))
+            owner = query_value(src, 'SELECT pg_catalog.pg_get_userbyid(nspowner) FROM pg_catalog.pg_namespace '
+                                     'WHERE nspname = %s', (schema,))
+            if keep_owners and owner and query_value(dst, 'SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s',
+                                                     (owner,)):
+                dst.execute(sql.SQL('ALTER SCHEMA {} OWNER TO {}').format(sql.Identifier(schema),
+                                                                          sql.Identifier(owner)))
+    fd, dump_path = tempfile.mkstemp(prefix='sequences-', suffix='.dump')
+    os.close(fd)
+    try:
+        selection = ['--table=%s.%s' % (quote_pattern(s), quote_pattern(n)) for s, n in sequences]
+        dump_schema(source, dbname, snapshot, selection, dump_path, keep_owners=keep_owners, bindir=bindir,
+                    server_major=server_major)
+        restore_section(destination, dbname, dump_path, 'pre-data', keep_owners=keep_owners, bindir=bindir)
+    finally:
+        os.unlink(dump_path)
+
+
+def refresh_materialized_views(source, destination, dbname, schemas=None):
+    """REFRESH every materialized view of the scope (`schemas` None = the whole database) on the destination, in
+    dependency order (catalog.materialized_views), from the destination's data. A matview that is not populated on
+    the source stays as it is. Returns [{'schema', 'name'}] of those refreshed."""
+    from ansible_collections.pgdts.migration.plugins.module_utils.catalog import materialized_views
+    with connect(source, dbname, application_name='pgdts-matviews') as src:
+        matviews = materialized_views(src, schemas)
+    done = []
+    with connect(destination, dbname, application_name='pgdts-matviews', options=WRITER_OPTIONS) as dst:
+        dst.execute('SET statement_timeout = 0')
+        for schema, name, populated in matviews:
+            if not populated:
+                continue
+            dst.execute(sql.SQL('REFRESH MATERIALIZED VIEW {}').format(sql.Identifier(schema, name)))
+            done.append({'schema': schema, 'name': name})
+    return done
 
 
 def analyze_database(destination, dbname):

@@ -13,8 +13,8 @@ What is in scope, per database:
 - tables, partitions and partitioned parents: catalog.select_tables() over every user table of the database;
 - schemas: every user schema (whole-database task) or the schemas of the selected tables (what pg_dump brings with
   ``--schema``); views, materialized views and functions of these schemas are in scope;
-- sequences: every sequence of the database (whole-database task), else every sequence of the scope's schemas and
-  every sequence a selected table uses wherever it lives (column default ``nextval()``, identity, OWNED BY);
+- sequences: catalog.SEQUENCES_IN_SCOPE: every sequence of the database (whole-database task), else every sequence a
+  selected table uses wherever it lives (column default ``nextval()``, identity, OWNED BY);
 - large objects: every large object of the database, for a whole-database task only (they belong to the database,
   not to a table).
 
@@ -46,25 +46,6 @@ _FOREIGN_TABLES_QUERY = """
 SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind = 'f' AND """ + _USER_SCHEMA + ' AND ' + _NOT_EXTENSION_MEMBER + """
  ORDER BY 1, 2
-"""
-
-# Sequences the given tables use: owned by one of their columns (OWNED BY, serial: deptype 'a'; identity: 'i'), or
-# named in a column default (the default expression depends on the sequence).
-_USED_SEQUENCES_QUERY = """
-SELECT sn.nspname, s.relname
-  FROM pg_catalog.pg_depend d
-  JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
-  JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace
- WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
-   AND d.deptype IN ('a', 'i') AND d.refobjid = ANY(%s)
-UNION
-SELECT sn.nspname, s.relname
-  FROM pg_catalog.pg_attrdef ad
-  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.objid = ad.oid
-   AND d.refclassid = 'pg_catalog.pg_class'::regclass
-  JOIN pg_catalog.pg_class s ON s.oid = d.refobjid AND s.relkind = 'S'
-  JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace
- WHERE ad.adrelid = ANY(%s)
 """
 
 _LARGE_OBJECTS_QUERY = ('SELECT m.oid::bigint, pg_catalog.pg_get_userbyid(m.lomowner)::text '
@@ -117,11 +98,6 @@ class Scope:
                 'foreign_tables': ['%s.%s' % s for s in self.foreign_tables]}
 
 
-def is_whole_database(tables=None, exclude_tables=None):
-    """A task without tables and exclude_tables migrates whole databases (every object, large objects included)."""
-    return not tables and not exclude_tables
-
-
 def load_matviews(conn, dbname, schemas=None):
     """Materialized views of the connected database (in `schemas` when given) as catalog.Table objects with their
     columns; `.populated` says whether a REFRESH has filled them."""
@@ -147,7 +123,7 @@ def read_scope(conn, dbname, tables=None, exclude_tables=None):
 
     tables / exclude_tables: the task's patterns (catalog.select_tables). Returns a Scope. Read it inside one
     transaction (REPEATABLE READ) for one consistent view; at the cutover the source is fenced anyway."""
-    whole = is_whole_database(tables, exclude_tables)
+    whole = catalog.whole_database({'tables': tables, 'exclude_tables': exclude_tables})
     scope = Scope(dbname, whole, tables, exclude_tables)
     chosen = catalog.select_tables(catalog.load_tables(conn, dbname), tables, exclude_tables)
     for table in chosen:
@@ -164,11 +140,9 @@ def read_scope(conn, dbname, tables=None, exclude_tables=None):
     wanted = set(scope.schemas)
     scope.matviews = load_matviews(conn, dbname, wanted)
     scope.foreign_tables = [(s, n) for s, n in query_all(conn, _FOREIGN_TABLES_QUERY) if s in wanted]
-    sequences = {(s, n) for s, n, _owner in catalog.list_sequences(conn, None if whole else wanted)}
-    if not whole and chosen:
-        oids = [t.oid for t in chosen]
-        sequences.update((s, n) for s, n in query_all(conn, _USED_SEQUENCES_QUERY, (oids, oids)))
-    scope.sequences = sorted(sequences)
+    # the sequences the task carries, as verify counts them and the copy and the cutover set them
+    scope.sequences = sorted({(r[0], r[1]) for r in query_all(
+        conn, catalog.SEQUENCES_IN_SCOPE, catalog.sequence_scope_params(whole, [t.oid for t in chosen]))})
     if whole:
         scope.large_objects = [tuple(row) for row in query_all(conn, _LARGE_OBJECTS_QUERY)]
     return scope

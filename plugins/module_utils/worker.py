@@ -348,6 +348,14 @@ class TaskRunner:
             with open(dump_path, 'rb') as handle:
                 self.store.update_database(self.name, dbname, schema_dump=handle.read())
             try:
+                if not whole:
+                    # sequences the selected tables use from schemas the dump does not hold come first
+                    scope = [(t.schema, t.name) for t in chosen]
+                    schema.create_sequences(self.source, self.destination, dbname,
+                                            schema.missing_sequences(self.source, self.destination, dbname, scope,
+                                                                     dump_path),
+                                            snapshot=snapshot, keep_owners=self.spec.get('migrate_roles', False),
+                                            server_major=major)
                 schema.restore_section(self.destination, dbname, dump_path, 'pre-data', clean=retry,
                                        keep_owners=self.spec.get('migrate_roles', False),
                                        bindir=self.client_bindir())
@@ -355,6 +363,7 @@ class TaskRunner:
                 self.event('database "%s": schema (pre-data) restored' % dbname)
                 self.store.set_stage(self.name, 'copy')
                 self.copy_tables(dbname, chosen, snapshot, lsn, exporting=repl, dump_path=dump_path, fresh=True)
+                self.copy_large_objects(dbname, snapshot)
             finally:
                 os.unlink(dump_path)
         finally:
@@ -386,6 +395,8 @@ class TaskRunner:
             self.event('database "%s": keeping %d copied table(s): %s' % (
                 dbname, len(kept), ', '.join('%s.%s' % (r['schema'], r['table']) for r in kept)))
         if not pending_names:
+            # every table is copied; large objects may not be (a restart during their copy): complete them now
+            self.copy_large_objects(dbname, None)
             return
         self.store.reset_unfinished_tables(self.name, dbname)
         with connect(self.source, dbname, application_name='pgdts-worker') as src:
@@ -406,6 +417,7 @@ class TaskRunner:
                     handle.write(dump)
             try:
                 self.copy_tables(dbname, pending, snapshot, lsn, exporting=repl, dump_path=dump_path)
+                self.copy_large_objects(dbname, snapshot)
             finally:
                 if dump_path:
                     os.unlink(dump_path)
@@ -519,12 +531,41 @@ class TaskRunner:
             finally:
                 os.unlink(dump_path)
             self.log('database "%s": post-data restored' % dbname)
-            schemas = sorted({r['schema'] for r in self.store.tables(self.name, dbname)})
-            schema.sync_sequences(self.source, self.destination, dbname, schemas)
+            self.refresh_materialized_views(dbname)
+            scope = self.scope_tables(dbname)
+            schema.sync_sequences(self.source, self.destination, dbname, scope, keep_owners=keep_owners)
             self.log('database "%s": sequences set' % dbname)
             self._analyze_rest(dbname, jobs)
             self.store.update_database(self.name, dbname, index_done=True)
             self.event('database "%s": indexes and constraints built, sequences set, analyzed' % dbname)
+
+    def scope_tables(self, dbname):
+        """None for a whole-database task, else the task's [(schema, table)] of `dbname`."""
+        if catalog.whole_database(self.spec):
+            return None
+        return [(r['schema'], r['table']) for r in self.store.tables(self.name, dbname)]
+
+    def refresh_materialized_views(self, dbname):
+        """Populate the materialized views of the task's scope from the copied data, in dependency order."""
+        scope = self.scope_tables(dbname)
+        schemas = None if scope is None else sorted({s for s, _t in scope})
+        done = schema.refresh_materialized_views(self.source, self.destination, dbname, schemas)
+        if done:
+            self.event('database "%s": %d materialized view(s) refreshed' % (dbname, len(done)))
+
+    def copy_large_objects(self, dbname, snapshot):
+        """A whole-database task copies the database's large objects (oids, data, and with migrate_roles owners and
+        privileges) under the copy's snapshot; finish brings later changes over under the fence."""
+        if not catalog.whole_database(self.spec):
+            return
+        from ansible_collections.pgdts.migration.plugins.module_utils import large_objects
+        created = [d for d in self.store.databases(self.name) if d['dbname'] == dbname][0]['created_database']
+        summary = large_objects.sync_large_objects(self.source, self.destination, dbname, snapshot=snapshot,
+                                                   keep_owners=self.spec.get('migrate_roles', False),
+                                                   drop_extra=bool(created), stop_event=self.stop_event)
+        if summary['source']:
+            self.event('database "%s": %s' % (dbname, large_objects.describe(summary)))
+        self.check_stop()
 
     def _analyze_rest(self, dbname, jobs):
         """ANALYZE what the copy did not: everything (one session) when nothing was analyzed during the copy, else

@@ -76,7 +76,10 @@ options:
     default: fail
   sync_sequences:
     description:
-      - Set every sequence of the selection on the destination from the source.
+      - Set every sequence of the task on the destination from the source, after the catch-up. A whole-database task
+        sets every sequence of the database; a table selection sets the sequences its tables use wherever they live
+        (column defaults that call C(nextval), identity columns, C(OWNED BY)). A sequence of the task that the
+        destination lacks is created there first.
       - With V(false), a sequence whose value differs is a difference of the comparison (use O(on_mismatch=warn) to
         finish anyway).
     type: bool
@@ -102,6 +105,11 @@ options:
     type: path
 notes:
   - Run it on the host that runs the task's worker.
+  - After the catch-up, with the source fenced, finish refreshes the task's materialized views on the destination
+    (in dependency order; those not populated on the source stay unpopulated) and, for a whole-database task, brings
+    the large objects up to date (created, unlinked, written again where their data differs; with C(migrate_roles)
+    owners and privileges too), since logical decoding carries neither. A table selection does not carry large
+    objects.
 seealso:
   - module: pgdts.migration.pg_dts_migrate
 '''
@@ -201,6 +209,22 @@ adopted_partitions:
   returned: when there were any
   type: list
   elements: str
+materialized_views:
+  description: The materialized views refreshed on the destination after the catch-up (database, schema, name), in
+    the order they were refreshed.
+  returned: success
+  type: list
+  elements: dict
+large_objects:
+  description:
+    - Per database of a whole-database task, the large objects on the source (C(source)) and what finish did on the
+      destination - C(created), C(rewritten) (data differed), C(dropped) (unlinked on the source), C(privileges_set)
+      (owner or privileges differed), C(kept) (only on the destination, in a database the task did not create).
+    - For a table selection, per database holding large objects, C(source), C(carried=false) and the reason.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{database: shop, source: 5, created: 1, rewritten: 1, dropped: 1, privileges_set: 0, kept: 0}]
 downtime_seconds:
   description: Seconds from the fence to the end of the cutover.
   returned: success with O(fence=read_only)

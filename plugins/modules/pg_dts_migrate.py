@@ -13,8 +13,12 @@ description:
   - Runs the pre-migration checks of M(pgdts.migration.pg_dts_verify) and refuses to start while any item failed.
   - Starts a named migration task in a detached worker process on the host that runs the module. The worker copies the
     schema and the data of the selected databases and tables from one consistent snapshot in parallel, builds indexes
-    and constraints, sets sequences, and then keeps the destination following the source (incremental sync) until
-    M(pgdts.migration.pg_dts_finish) ends it.
+    and constraints, refreshes materialized views (in dependency order), sets sequences (those the selected tables
+    use wherever they live, every one of the database for a whole-database task), and then keeps the destination
+    following the source (incremental sync) until M(pgdts.migration.pg_dts_finish) ends it.
+  - A whole-database task also copies the large objects (same oids; owners and privileges with O(migrate_roles))
+    under the copy's snapshot; M(pgdts.migration.pg_dts_finish) brings their later changes over. A table selection
+    does not carry large objects.
   - Idempotent. Running it again reports the progress of a running task with RV(ignore:changed=false), resumes a task
     whose worker died or failed (without copying finished tables again), and never starts a second copy.
   - Durable task state lives on the destination in the database C(pgdts).
