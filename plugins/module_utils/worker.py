@@ -10,6 +10,7 @@ passwords from the 0600 `credentials.json`, and keeps its durable state on the d
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import datetime
 import fcntl
@@ -35,6 +36,9 @@ HEARTBEAT_SECONDS = 5
 # Reading through the SQL functions: advance the slot at most this often (an advance decodes from restart_lsn again).
 SQL_ADVANCE_SECONDS = 2.0
 WATCH_SECONDS = 0.25
+# applied transactions remembered for the fence's proof (a finish may ask about them a moment after they were applied)
+FENCE_RECENT = 1000
+FENCE_REPORTED = 200
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -572,6 +576,11 @@ class SyncLoop:
         self.batch_changes = int(runner.spec.get('batch_changes', 20000))
         self.poll_seconds = float(runner.spec.get('poll_interval', 0.2))
         self.max_retry_seconds = float(runner.spec.get('retry_timeout', 600))
+        # the fence's proof: the last applied transactions that changed the scope, and those already reported as
+        # committed after the fence of a running finish
+        self.recent = collections.deque(maxlen=FENCE_RECENT)
+        self.reported = set()
+        self.last_change = None
 
     def table_metas(self, conn):
         from ansible_collections.pgdts.migration.plugins.module_utils import apply
@@ -688,6 +697,8 @@ class SyncLoop:
         previous = [d for d in store.databases(runner.name) if d['dbname'] == self.dbname][0]
         progress = {'transactions': previous['applied_transactions'], 'changes': previous['applied_changes'],
                     'last_commit_time': None, 'window_start': time.time(), 'window_txns': 0}
+        if self.last_change is None:
+            self.last_change = store.fence_marks(runner.name).get(self.dbname, (None, []))[0] or 0
 
         def apply_batch(transactions, plan):
             result = applier.apply(transactions, plan)
@@ -751,7 +762,43 @@ class SyncLoop:
         if result is not None:
             values['applied_transactions'] = progress['transactions']
             values['applied_changes'] = progress['changes']
+            changed = [t for t in transactions if t.changes and t.commit_lsn > self.last_change]
+            if changed:
+                self.last_change = changed[-1].commit_lsn
+                values['last_change_lsn'] = self.last_change
+                self.recent.extend(transaction_summary(t) for t in changed)
+        # before the progress moves: a finish that sees the destination caught up then sees the leaks too
+        self._report_fence_leaks(store)
         store.update_database(self.runner.name, self.dbname, **values)
+
+    def _report_fence_leaks(self, store):
+        """While a finish runs (request 'finish', request_lsn = its fence): record every applied transaction in scope
+        that committed after the fence, so that finish can name it."""
+        runner = self.runner
+        fence = runner.request_lsn
+        if runner.request != 'finish' or not fence or len(self.reported) >= FENCE_REPORTED:
+            return
+        leaks = [t for t in self.recent if t['lsn'] > fence and t['lsn'] not in self.reported]
+        if not leaks:
+            return
+        self.reported.update(t['lsn'] for t in leaks)
+        store.add_fence_leaks(runner.name, self.dbname, [dict((k, v) for k, v in t.items() if k != 'lsn')
+                                                          for t in leaks])
+        self.runner.event('database "%s": %d transaction(s) committed on the source after the fence of finish (%s): '
+                          'applied' % (self.dbname, len(leaks), lsn_text(fence)))
+
+
+def transaction_summary(txn):
+    """What the fence's proof tells of one applied source transaction."""
+    tables = set()
+    for change in txn.changes:
+        if change.kind == 'T':
+            tables.update('%s.%s' % t for t in change.truncate)
+        else:
+            tables.add('%s.%s' % (change.schema, change.table))
+    return {'lsn': txn.commit_lsn, 'xid': txn.xid, 'commit_lsn': lsn_text(txn.commit_lsn),
+            'commit_time': txn.commit_time.isoformat() if txn.commit_time else None, 'origin': txn.origin,
+            'changes': len(txn.changes), 'tables': sorted(tables)[:20]}
 
 
 def run_threads(threads, errors):
