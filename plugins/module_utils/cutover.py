@@ -221,13 +221,19 @@ class Finisher:
             if not items and not (last and last > self.fence_lsn):
                 continue
             xids = {str(t.get('xid')) for t in items if t.get('xid') is not None}
-            sessions = list(self.seen.values())
-            sessions = [s for s in sessions if s['database'] == dbname]
+            sessions = [s for s in self.seen.values() if s['database'] == dbname]
+            subscriptions = self._subscriptions(items)
             matched = [s for s in sessions if xids & set(s['xids'])]
-            writers = matched or [s for s in sessions if s['xids']] or sessions
+            # who else may have written, most likely first: the apply workers when the transactions came from a
+            # subscription, sessions seen holding a transaction id, sessions that do not look like the task's worker
+            writers = (matched or
+                       (subscriptions and [s for s in sessions if (s['backend_type'] or '').startswith(
+                           'logical replication')]) or
+                       [s for s in sessions if s['xids']] or
+                       [s for s in sessions if s['application_name'] not in ('pgdts-decode', 'pgdts-stream')] or
+                       sessions)
             for entry in writers:
                 entry['certain'] = bool(matched)
-            subscriptions = self._subscriptions(items)
             leaks.append({'database': dbname, 'transactions': items[:20], 'transaction_count': len(items),
                           'last_change_lsn': task_state.lsn_text(last), 'writers': writers,
                           'subscriptions': subscriptions})
