@@ -21,7 +21,6 @@ from ansible_collections.pgdts.migration.plugins.module_utils.task_state import 
 # task's own among them; an autovacuum or parallel worker works for the server or for a session that is ended).
 _NOT_TERMINATED = ('walsender', 'autovacuum worker', 'parallel worker')
 _LOGICAL_WORKER = 'logical replication%'
-_SETTING = 'default_transaction_read_only'
 
 
 class FenceInterrupted(KeyboardInterrupt):
@@ -33,25 +32,7 @@ def _fence_sql(dbname, on, previous=None):
     the value it had in pg_db_role_setting, None when it had none)."""
     if on:
         return sql.SQL('ALTER DATABASE {} SET default_transaction_read_only = on').format(sql.Identifier(dbname))
-    if previous is None:
-        return sql.SQL('ALTER DATABASE {} RESET default_transaction_read_only').format(sql.Identifier(dbname))
-    return sql.SQL('ALTER DATABASE {} SET default_transaction_read_only = {}').format(sql.Identifier(dbname),
-                                                                                      sql.Literal(previous))
-
-
-def database_settings(conn, databases):
-    """{dbname: the database's own default_transaction_read_only (pg_db_role_setting, all roles) or None}."""
-    rows = conn.execute("SELECT d.datname, s.setconfig FROM pg_catalog.pg_database d LEFT JOIN "
-                        "pg_catalog.pg_db_role_setting s ON s.setdatabase = d.oid AND s.setrole = 0 "
-                        "WHERE d.datname = ANY(%s)", (list(databases),)).fetchall()
-    found = {}
-    for dbname, config in rows:
-        found[dbname] = None
-        for item in config or ():
-            key, _sep, value = item.partition('=')
-            if key == _SETTING:
-                found[dbname] = value
-    return found
+    return worker.read_only_sql(dbname, previous)
 
 
 def restore_source_fence(source, store, task, application_name='pgdts-finish', log=None):
@@ -132,10 +113,11 @@ class Finisher:
         """Fence the source databases: make them read-only for new transactions (each database's own setting is kept
         in the task state first, so that any later run can give it back), end every session connected to them but
         this run's own, wait until they are gone, and return (fence LSN, number of sessions ended)."""
+        import psycopg
         store = store or self.store
         timeout = int(self.params.get('wait_timeout') or 600)
         with self._connect_source() as conn:
-            current = database_settings(conn, databases)
+            current = worker.database_settings(conn, databases)
             missing = [d for d in databases if d not in current]
             if missing:
                 raise TaskControlError('source database(s) %s no longer exist; cannot fence them' % ', '.join(missing))
@@ -149,7 +131,13 @@ class Finisher:
                                                'by': self.application_name})
             for dbname in databases:
                 self.fenced.append(dbname)
-                conn.execute(_fence_sql(dbname, True))
+                try:
+                    conn.execute(_fence_sql(dbname, True))
+                except psycopg.errors.InsufficientPrivilege as exc:
+                    self.fenced.pop()
+                    raise TaskControlError('cannot fence source database %s: %s; finish needs a login that owns the '
+                                           'migrated databases (or a superuser), or fence=none' % (
+                                               dbname, str(exc).strip().splitlines()[0])) from None
             ended, refused = self._terminate(conn, self._sessions(conn, databases))
             if refused:
                 raise TaskControlError('cannot fence the source: %d session(s) could not be ended (%s); finish needs '
@@ -157,7 +145,7 @@ class Finisher:
                                        'sessions of roles that are not superusers)' % (len(refused), '; '.join(
                                            '%s pid %s of %s (%s)' % (s['backend_type'], s['pid'], s['usename'],
                                                                      s['error']) for s in refused)),
-                                       fence_sessions=refused)
+                                       fenced_sessions=refused)
             pids = [s['pid'] for s in ended]
             deadline = time.time() + timeout
             while pids:
@@ -169,7 +157,7 @@ class Finisher:
                     raise TaskControlError('cannot fence the source: %d ended session(s) are still there after %d s '
                                            '(wait_timeout): %s' % (len(left), timeout, ', '.join(
                                                '%s pid %s of %s' % (s['backend_type'], s['pid'], s['usename'])
-                                               for s in ended if s['pid'] in left)), fence_sessions=ended)
+                                               for s in ended if s['pid'] in left)), fenced_sessions=ended)
                 time.sleep(0.05)
             self.fence_lsn = lsn_int(query_value(conn, 'SELECT pg_catalog.pg_current_wal_insert_lsn()::text'))
             return self.fence_lsn, len(ended)
@@ -426,7 +414,8 @@ class Finisher:
         # Everything up to the fence is applied and compared: a worker that is slow to notice is terminated.
         worker.stop_worker(control.paths, timeout=30, grace=1.0)
         phase('stop_worker')
-        worker.release_task_objects(control.source, control.destination, self.name, databases)
+        worker.release_task_objects(control.source, control.destination, self.name, databases,
+                                    destination_settings=store.destination_settings(self.name))
         if not self.params.get('keep_source_fence', True):
             self.lift_fence(store)
         elif self.fenced:

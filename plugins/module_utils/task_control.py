@@ -280,7 +280,8 @@ class TaskControl:
                 drop_destination=self.params.get('drop_destination', False),
                 created_databases=[d['dbname'] for d in databases if d['created_database']], tables=tables,
                 existing_objects={d['dbname']: store.existing_objects(self.name, d['dbname']) for d in databases
-                                  if not d['created_database']})
+                                  if not d['created_database']},
+                destination_settings=store.destination_settings(self.name))
         except ConnectionFailure as exc:
             raise TaskControlError('cancel of %s stopped the worker but could not clean up: %s' % (self.name, exc.message))
         done += ['source %s: write fence of an interrupted finish lifted' % d for d in lifted]

@@ -123,6 +123,8 @@ _STATE_COLUMNS = (
     ('task_database', 'last_change_lsn', 'pg_lsn'),
     # source transactions in scope that committed after the fence of a running finish (who leaked through)
     ('task_database', 'fence_leaks', 'jsonb'),
+    # the destination database's own default_transaction_read_only before the worker protected it ({'previous': v})
+    ('task_database', 'destination_setting', 'jsonb'),
 )
 
 # advisory lock key held while the state tables are created ('pgdts' as an integer)
@@ -304,6 +306,23 @@ class TaskStore:
         rows = query_all(self.conn, 'SELECT dbname, last_change_lsn::text, fence_leaks FROM pgdts.task_database '
                                     'WHERE task = %s', (task,))
         return {r[0]: (lsn_int(r[1]), list(r[2] or [])) for r in rows}
+
+    def save_destination_setting(self, task, dbname, previous):
+        """Keep the destination database's own default_transaction_read_only before the worker protects it (only
+        the first time: a worker that starts again finds its own protection there)."""
+        self.conn.execute('UPDATE pgdts.task_database SET destination_setting = %s::jsonb WHERE task = %s AND '
+                          'dbname = %s AND destination_setting IS NULL', (json.dumps({'previous': previous}), task,
+                                                                            dbname))
+
+    def destination_settings(self, task):
+        """{dbname: value or None} recorded by save_destination_setting."""
+        import psycopg
+        try:
+            rows = query_all(self.conn, 'SELECT dbname, destination_setting FROM pgdts.task_database WHERE task = %s '
+                                        'AND destination_setting IS NOT NULL', (task,))
+        except psycopg.errors.UndefinedColumn:
+            return {}
+        return {r[0]: (r[1] or {}).get('previous') for r in rows}
 
     def clear_fence_leaks(self, task):
         self.conn.execute('UPDATE pgdts.task_database SET fence_leaks = NULL WHERE task = %s', (task,))

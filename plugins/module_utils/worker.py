@@ -30,7 +30,7 @@ from ansible_collections.pgdts.migration.plugins.module_utils.connection import 
 from ansible_collections.pgdts.migration.plugins.module_utils.copy import ParallelCopy, plan_items, table_pages
 from ansible_collections.pgdts.migration.plugins.module_utils.task_state import TaskStore, lsn_int, lsn_text
 from ansible_collections.pgdts.migration.plugins.module_utils.worker_process import (
-    TaskPaths, release_task_objects, remove_credentials,
+    TaskPaths, database_settings, release_task_objects, remove_credentials,
 )
 HEARTBEAT_SECONDS = 5
 # Reading through the SQL functions: advance the slot at most this often (an advance decodes from restart_lsn again).
@@ -546,7 +546,10 @@ class TaskRunner:
         databases = [r['dbname'] for r in self.store.databases(self.name)]
         if self.spec.get('protect_destination', True):
             with connect(self.destination, application_name='pgdts-worker') as admin:
+                own = database_settings(admin, databases)
                 for dbname in databases:
+                    # its own setting first, given back exactly when the task ends (release_task_objects)
+                    self.store.save_destination_setting(self.name, dbname, own.get(dbname))
                     admin.execute(sql.SQL('ALTER DATABASE {} SET default_transaction_read_only = on').format(
                         sql.Identifier(dbname)))
         errors = []

@@ -416,3 +416,28 @@ def test_logical_replication_subscription_is_ended_or_named(servers, module_pg_f
     assert status == 'changed', result
     src.execute('ALTER SUBSCRIPTION feedsub SET (slot_name = NONE)', dbname=dbname)
     src.execute('DROP SUBSCRIPTION feedsub', dbname=dbname)
+
+
+@pytest.mark.parametrize('end', ['cancel', 'finish'])
+def test_destination_database_gets_its_own_setting_back(servers, ansible, tmp_path, end):
+    """A destination database that existed with its own default_transaction_read_only: the worker protects it
+    read-only during the sync, and the cancel or the finish gives it back its own value, not a RESET."""
+    src, dst = servers
+    dbname = 'dst_own_%s' % end
+    make_database(src, dbname)
+    dst.create_database(dbname)
+    for name, value in OWN_SETTINGS:
+        dst.execute(sql.SQL('ALTER DATABASE {} SET {} = {}').format(sql.Identifier(dbname), sql.Identifier(name),
+                                                                      sql.Literal(value)))
+    before = db_settings(dst, dbname)
+    args = task_args(servers, tmp_path, 'dst_own_%s' % end, dbname)
+    start(ansible, args)
+    assert 'default_transaction_read_only=on' in db_settings(dst, dbname)      # protected during the sync
+    if end == 'cancel':
+        status, result = ansible.module(MIGRATE, dict(args, state='absent', drop_destination=True))
+    else:
+        status, result = ansible.module(FINISH, finish_args(args, keep_source_fence=False))
+        assert_same_contents(src, dst, dbname)
+    assert status == 'changed', result
+    assert db_settings(dst, dbname) == before
+    assert db_settings(src, dbname) is None
