@@ -383,6 +383,11 @@ class Finisher:
             if self.params.get('compare', 'checksum') != 'none':
                 comparison, summary = self.compare(store, databases)
             phase('compare')
+            if fence == 'read_only':
+                # the last look before the sync ends: catch up to the source's position now, and judge again (a
+                # writer that got past the fence explains a mismatch better than the mismatch does)
+                self.settle(store, 0)
+                leaks = self.judge_leaks(store, on_leak)
             if summary and (summary.get('mismatch') or summary.get('error')):
                 message = 'data comparison found %d mismatched and %d failed table(s): %s' % (
                     summary.get('mismatch', 0), summary.get('error', 0),
@@ -392,10 +397,6 @@ class Finisher:
                     raise TaskControlError('task %s not finished: %s; the sync keeps running' % (self.name, message),
                                            comparison=comparison, comparison_summary=summary)
                 self.log(store, 'finish: %s (on_mismatch=warn)' % message)
-            if fence == 'read_only':
-                # the last look before the sync ends: catch up to the source's position now, and judge again
-                self.settle(store, 0)
-                leaks = self.judge_leaks(store, on_leak)
         except TaskControlError as exc:
             self._give_back(store)
             exc.result.setdefault('task', control.report(store))
