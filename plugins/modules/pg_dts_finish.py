@@ -171,8 +171,10 @@ fence_leaks:
   type: list
   elements: dict
 fenced_sessions:
-  description: The sessions the fence ended (pid, database, usename, application_name, client_addr, backend_type).
-  returned: success with O(fence=read_only)
+  description:
+    - The sessions the fence ended (pid, database, usename, application_name, client_addr, backend_type).
+    - On a failure to fence, the sessions that could not be ended or did not go (with the error).
+  returned: with O(fence=read_only)
   type: list
   elements: dict
 downtime_seconds:
