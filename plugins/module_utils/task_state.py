@@ -310,9 +310,9 @@ class TaskStore:
     def save_destination_setting(self, task, dbname, previous):
         """Keep the destination database's own default_transaction_read_only before the worker protects it (only
         the first time: a worker that starts again finds its own protection there)."""
+        value = json.dumps({'previous': previous})
         self.conn.execute('UPDATE pgdts.task_database SET destination_setting = %s::jsonb WHERE task = %s AND '
-                          'dbname = %s AND destination_setting IS NULL', (json.dumps({'previous': previous}), task,
-                                                                            dbname))
+                          'dbname = %s AND destination_setting IS NULL', (value, task, dbname))
 
     def destination_settings(self, task):
         """{dbname: value or None} recorded by save_destination_setting."""

@@ -785,8 +785,8 @@ class SyncLoop:
         if not leaks:
             return
         self.reported.update(t['lsn'] for t in leaks)
-        store.add_fence_leaks(runner.name, self.dbname, [dict((k, v) for k, v in t.items() if k != 'lsn')
-                                                          for t in leaks])
+        items = [dict((k, v) for k, v in t.items() if k != 'lsn') for t in leaks]
+        store.add_fence_leaks(runner.name, self.dbname, items)
         self.runner.event('database "%s": %d transaction(s) committed on the source after the fence of finish (%s): '
                           'applied' % (self.dbname, len(leaks), lsn_text(fence)))
 

@@ -43,8 +43,12 @@ def make_database(src, dbname, settings=()):
                 'at timestamptz NOT NULL DEFAULT clock_timestamp())', dbname=dbname)
     src.execute("INSERT INTO ledger (who) SELECT 'seed' FROM generate_series(1, 500)", dbname=dbname)
     for name, value in settings:
-        src.execute(sql.SQL('ALTER DATABASE {} SET {} = {}').format(sql.Identifier(dbname), sql.Identifier(name),
-                                                                      sql.Literal(value)))
+        src.execute(set_sql(dbname, name, value))
+
+
+def set_sql(dbname, name, value):
+    return sql.SQL('ALTER DATABASE {} SET {} = {}').format(sql.Identifier(dbname), sql.Identifier(name),
+                                                            sql.Literal(value))
 
 
 def db_settings(cluster, dbname):
@@ -427,8 +431,7 @@ def test_destination_database_gets_its_own_setting_back(servers, ansible, tmp_pa
     make_database(src, dbname)
     dst.create_database(dbname)
     for name, value in OWN_SETTINGS:
-        dst.execute(sql.SQL('ALTER DATABASE {} SET {} = {}').format(sql.Identifier(dbname), sql.Identifier(name),
-                                                                      sql.Literal(value)))
+        dst.execute(set_sql(dbname, name, value))
     before = db_settings(dst, dbname)
     args = task_args(servers, tmp_path, 'dst_own_%s' % end, dbname)
     start(ansible, args)
