@@ -47,8 +47,8 @@ def make_database(src, dbname, settings=()):
 
 
 def set_sql(dbname, name, value):
-    return sql.SQL('ALTER DATABASE {} SET {} = {}').format(sql.Identifier(dbname), sql.Identifier(name),
-                                                            sql.Literal(value))
+    statement = sql.SQL('ALTER DATABASE {} SET {} = {}')
+    return statement.format(sql.Identifier(dbname), sql.Identifier(name), sql.Literal(value))
 
 
 def db_settings(cluster, dbname):
