@@ -277,15 +277,21 @@ class TaskControl:
         before = task['stage']
         store.set_request(self.name, 'cancel')
         worker.stop_worker(self.paths, timeout=60)
+        lifted = []
         try:
+            # a fence that an interrupted pg_dts_finish left on the source: each database gets its own setting back
+            from ansible_collections.pgdts.migration.plugins.module_utils.cutover import restore_source_fence
+            lifted = restore_source_fence(self.source, store, self.name, 'pgdts-cancel')
             done = worker.release_task_objects(
                 self.source, self.destination, self.name, names,
                 drop_destination=self.params.get('drop_destination', False),
                 created_databases=[d['dbname'] for d in databases if d['created_database']], tables=tables,
                 existing_objects={d['dbname']: store.existing_objects(self.name, d['dbname']) for d in databases
-                                  if not d['created_database']})
+                                  if not d['created_database']},
+                destination_settings=store.destination_settings(self.name))
         except ConnectionFailure as exc:
             raise TaskControlError('cancel of %s stopped the worker but could not clean up: %s' % (self.name, exc.message))
+        done += ['source %s: write fence of an interrupted finish lifted' % d for d in lifted]
         store.finish_task(self.name, 'cancelled', {'cancelled_at': datetime.datetime.now(datetime.timezone.utc),
                                                    'cleanup': done, 'stage_before': before})
         worker.remove_task_dir(self.paths)

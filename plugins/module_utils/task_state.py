@@ -116,6 +116,15 @@ _STATE_COLUMNS = (
     # a destination database that existed before the task: its own objects before the schema restore (addresses of
     # schema.own_objects()), so that drop_destination removes only what the task created
     ('task_database', 'existing_objects', 'jsonb'),
+    # the write fence of pg_dts_finish: the source databases it fenced and their own default_transaction_read_only
+    # before (restored by a failed or interrupted finish, a later finish or a cancel)
+    ('task', 'source_fence', 'jsonb'),
+    # commit LSN of the last applied source transaction that changed a table in scope (the fence's proof)
+    ('task_database', 'last_change_lsn', 'pg_lsn'),
+    # source transactions in scope that committed after the fence of a running finish (who leaked through)
+    ('task_database', 'fence_leaks', 'jsonb'),
+    # the destination database's own default_transaction_read_only before the worker protected it ({'previous': v})
+    ('task_database', 'destination_setting', 'jsonb'),
 )
 
 # advisory lock key held while the state tables are created ('pgdts' as an integer)
@@ -177,12 +186,21 @@ class TaskStore:
                 self.conn.execute('SELECT pg_catalog.pg_advisory_xact_lock(%s)', (_STATE_DDL_LOCK,))
                 for ddl in _STATE_DDL:
                     self.conn.execute(ddl)
-                for table, column, definition in _STATE_COLUMNS:
-                    if not query_one(self.conn, 'SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = %s::regclass '
-                                                'AND attname = %s AND NOT attisdropped', ('pgdts.' + table, column)):
-                        self.conn.execute(sql.SQL('ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} ' + definition).format(
-                            sql.Identifier(STATE_SCHEMA, table), sql.Identifier(column)))
+                self._add_columns()
         return True
+
+    def _add_columns(self):
+        for table, column, definition in _STATE_COLUMNS:
+            if not query_one(self.conn, 'SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = %s::regclass '
+                                        'AND attname = %s AND NOT attisdropped', ('pgdts.' + table, column)):
+                self.conn.execute(sql.SQL('ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} ' + definition).format(
+                    sql.Identifier(STATE_SCHEMA, table), sql.Identifier(column)))
+
+    def ensure_columns(self):
+        """Add the columns of this version to existing state tables (a state opened with create=False)."""
+        with self.conn.transaction():
+            self.conn.execute('SELECT pg_catalog.pg_advisory_xact_lock(%s)', (_STATE_DDL_LOCK,))
+            self._add_columns()
 
     def try_finish_lock(self, task):
         """Take the task's finish lock (a session advisory lock on the state database); False when another session
@@ -264,6 +282,51 @@ class TaskStore:
     def set_roles_done(self, name):
         self.conn.execute('UPDATE pgdts.task SET roles_done = true WHERE name = %s', (name,))
 
+    # -- the write fence of the source (pg_dts_finish) ----------------------------------------------------------------
+    def source_fence(self, name):
+        """{'databases': {dbname: {'previous': value or None}}, ...} while finish has (or may have) the source
+        fenced; None when not."""
+        import psycopg
+        try:
+            row = query_one(self.conn, 'SELECT source_fence FROM pgdts.task WHERE name = %s', (name,))
+        except psycopg.errors.UndefinedColumn:
+            return None     # written by a version without the column: it never recorded a fence
+        return row[0] if row else None
+
+    def set_source_fence(self, name, record):
+        self.conn.execute('UPDATE pgdts.task SET source_fence = %s::jsonb WHERE name = %s',
+                          (json.dumps(record, default=str) if record is not None else None, name))
+
+    def add_fence_leaks(self, task, dbname, leaks):
+        self.conn.execute("UPDATE pgdts.task_database SET fence_leaks = coalesce(fence_leaks, '[]'::jsonb) || "
+                          "%s::jsonb WHERE task = %s AND dbname = %s", (json.dumps(leaks, default=str), task, dbname))
+
+    def fence_marks(self, task):
+        """{dbname: (last_change_lsn int or None, [leaks])}."""
+        rows = query_all(self.conn, 'SELECT dbname, last_change_lsn::text, fence_leaks FROM pgdts.task_database '
+                                    'WHERE task = %s', (task,))
+        return {r[0]: (lsn_int(r[1]), list(r[2] or [])) for r in rows}
+
+    def save_destination_setting(self, task, dbname, previous):
+        """Keep the destination database's own default_transaction_read_only before the worker protects it (only
+        the first time: a worker that starts again finds its own protection there)."""
+        value = json.dumps({'previous': previous})
+        self.conn.execute('UPDATE pgdts.task_database SET destination_setting = %s::jsonb WHERE task = %s AND '
+                          'dbname = %s AND destination_setting IS NULL', (value, task, dbname))
+
+    def destination_settings(self, task):
+        """{dbname: value or None} recorded by save_destination_setting."""
+        import psycopg
+        try:
+            rows = query_all(self.conn, 'SELECT dbname, destination_setting FROM pgdts.task_database WHERE task = %s '
+                                        'AND destination_setting IS NOT NULL', (task,))
+        except psycopg.errors.UndefinedColumn:
+            return {}
+        return {r[0]: (r[1] or {}).get('previous') for r in rows}
+
+    def clear_fence_leaks(self, task):
+        self.conn.execute('UPDATE pgdts.task_database SET fence_leaks = NULL WHERE task = %s', (task,))
+
     def finish_task(self, name, stage, summary):
         self.conn.execute('UPDATE pgdts.task SET stage = %s, summary = %s, finished_at = now(), request = NULL, '
                           'stage_changed_at = now() WHERE name = %s', (stage, json.dumps(summary, default=str), name))
@@ -283,7 +346,8 @@ class TaskStore:
         return [dict(zip(keys, r)) for r in rows]
 
     def update_database(self, task, dbname, **values):
-        casts = {'slot_lsn': '::pg_lsn', 'synced_lsn': '::pg_lsn', 'source_lsn': '::pg_lsn', 'existing_objects': '::jsonb'}
+        casts = {'slot_lsn': '::pg_lsn', 'synced_lsn': '::pg_lsn', 'source_lsn': '::pg_lsn', 'existing_objects': '::jsonb',
+                 'last_change_lsn': '::pg_lsn'}
         assignments = sql.SQL(', ').join(
             sql.SQL('{} = %s' + casts.get(key, '')).format(sql.Identifier(key)) for key in values)
         params = [lsn_text(v) if k in casts and isinstance(v, int) else

@@ -10,6 +10,7 @@ passwords from the 0600 `credentials.json`, and keeps its durable state on the d
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import datetime
 import fcntl
@@ -29,12 +30,15 @@ from ansible_collections.pgdts.migration.plugins.module_utils.connection import 
 from ansible_collections.pgdts.migration.plugins.module_utils.copy import ParallelCopy, plan_items, table_pages
 from ansible_collections.pgdts.migration.plugins.module_utils.task_state import TaskStore, lsn_int, lsn_text
 from ansible_collections.pgdts.migration.plugins.module_utils.worker_process import (
-    TaskPaths, release_task_objects, remove_credentials,
+    TaskPaths, database_settings, release_task_objects, remove_credentials,
 )
 HEARTBEAT_SECONDS = 5
 # Reading through the SQL functions: advance the slot at most this often (an advance decodes from restart_lsn again).
 SQL_ADVANCE_SECONDS = 2.0
 WATCH_SECONDS = 0.25
+# applied transactions remembered for the fence's proof (a finish may ask about them a moment after they were applied)
+FENCE_RECENT = 1000
+FENCE_REPORTED = 200
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -615,7 +619,10 @@ class TaskRunner:
         databases = [r['dbname'] for r in self.store.databases(self.name)]
         if self.spec.get('protect_destination', True):
             with connect(self.destination, application_name='pgdts-worker') as admin:
+                own = database_settings(admin, databases)
                 for dbname in databases:
+                    # its own setting first, given back exactly when the task ends (release_task_objects)
+                    self.store.save_destination_setting(self.name, dbname, own.get(dbname))
                     admin.execute(sql.SQL('ALTER DATABASE {} SET default_transaction_read_only = on').format(
                         sql.Identifier(dbname)))
         errors = []
@@ -649,6 +656,11 @@ class SyncLoop:
         self.scope_checked = 0.0
         self.ignored = set()        # (schema, table) of changes found out of scope since the last catalog check
         self.partitioned = False    # the task has a partitioned table (its new partitions are synced)
+        # the fence's proof: the last applied transactions that changed the scope, and those already reported as
+        # committed after the fence of a running finish
+        self.recent = collections.deque(maxlen=FENCE_RECENT)
+        self.reported = set()
+        self.last_change = None
 
     def table_metas(self, conn, known=None):
         """The apply metadata of the task's tables (`known`: the (schema, table) pairs it registered) that the sync
@@ -788,6 +800,8 @@ class SyncLoop:
         previous = [d for d in store.databases(runner.name) if d['dbname'] == self.dbname][0]
         progress = {'transactions': previous['applied_transactions'], 'changes': previous['applied_changes'],
                     'last_commit_time': None, 'window_start': time.time(), 'window_txns': 0}
+        if self.last_change is None:
+            self.last_change = store.fence_marks(runner.name).get(self.dbname, (None, []))[0] or 0
 
         def apply_batch(transactions, plan):
             result = applier.apply(transactions, plan)
@@ -920,7 +934,43 @@ class SyncLoop:
         if result is not None:
             values['applied_transactions'] = progress['transactions']
             values['applied_changes'] = progress['changes']
+            changed = [t for t in transactions if t.changes and t.commit_lsn > self.last_change]
+            if changed:
+                self.last_change = changed[-1].commit_lsn
+                values['last_change_lsn'] = self.last_change
+                self.recent.extend(transaction_summary(t) for t in changed)
+        # before the progress moves: a finish that sees the destination caught up then sees the leaks too
+        self._report_fence_leaks(store)
         store.update_database(self.runner.name, self.dbname, **values)
+
+    def _report_fence_leaks(self, store):
+        """While a finish runs (request 'finish', request_lsn = its fence): record every applied transaction in scope
+        that committed after the fence, so that finish can name it."""
+        runner = self.runner
+        fence = runner.request_lsn
+        if runner.request != 'finish' or not fence or len(self.reported) >= FENCE_REPORTED:
+            return
+        leaks = [t for t in self.recent if t['lsn'] > fence and t['lsn'] not in self.reported]
+        if not leaks:
+            return
+        self.reported.update(t['lsn'] for t in leaks)
+        items = [dict((k, v) for k, v in t.items() if k != 'lsn') for t in leaks]
+        store.add_fence_leaks(runner.name, self.dbname, items)
+        self.runner.event('database "%s": %d transaction(s) committed on the source after the fence of finish (%s): '
+                          'applied' % (self.dbname, len(leaks), lsn_text(fence)))
+
+
+def transaction_summary(txn):
+    """What the fence's proof tells of one applied source transaction."""
+    tables = set()
+    for change in txn.changes:
+        if change.kind == 'T':
+            tables.update('%s.%s' % t for t in change.truncate)
+        else:
+            tables.add('%s.%s' % (change.schema, change.table))
+    return {'lsn': txn.commit_lsn, 'xid': txn.xid, 'commit_lsn': lsn_text(txn.commit_lsn),
+            'commit_time': txn.commit_time.isoformat() if txn.commit_time else None, 'origin': txn.origin,
+            'changes': len(txn.changes), 'tables': sorted(tables)[:20]}
 
 
 def run_threads(threads, errors):

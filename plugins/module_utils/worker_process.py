@@ -190,11 +190,36 @@ def stop_worker(paths, timeout=60, grace=None):
 # ---------------------------------------------------------------------------------------------------------------
 # Objects of a task on the servers
 
+def database_settings(conn, databases):
+    """{dbname: the database's own default_transaction_read_only (pg_db_role_setting, all roles) or None}."""
+    rows = conn.execute("SELECT d.datname, s.setconfig FROM pg_catalog.pg_database d LEFT JOIN "
+                        "pg_catalog.pg_db_role_setting s ON s.setdatabase = d.oid AND s.setrole = 0 "
+                        "WHERE d.datname = ANY(%s)", (list(databases),)).fetchall()
+    found = {}
+    for dbname, config in rows:
+        found[dbname] = None
+        for item in config or ():
+            key, _sep, value = item.partition('=')
+            if key == 'default_transaction_read_only':
+                found[dbname] = value
+    return found
+
+
+def read_only_sql(dbname, previous):
+    """ALTER DATABASE giving `dbname` back its own default_transaction_read_only (None: it had none)."""
+    if previous is None:
+        return sql.SQL('ALTER DATABASE {} RESET default_transaction_read_only').format(sql.Identifier(dbname))
+    return sql.SQL('ALTER DATABASE {} SET default_transaction_read_only = {}').format(sql.Identifier(dbname),
+                                                                                      sql.Literal(previous))
+
+
 def release_task_objects(source, destination, task, databases, drop_destination=False, created_databases=(),
-                         tables=None, log=None, existing_objects=None):
+                         tables=None, log=None, existing_objects=None, destination_settings=None):
     """Drop the task's slots and publications on the source and origins on the destination (and, when asked,
     what the task created on the destination: the databases it created; in the others, what was not there before,
-    as `existing_objects` {dbname: addresses} recorded). Missing objects are fine: this can run twice."""
+    as `existing_objects` {dbname: addresses} recorded). Missing objects are fine: this can run twice.
+    The destination databases get back their own default_transaction_read_only from before the worker protected them
+    (`destination_settings` {dbname: value or None}, as the task state recorded it; RESET when not recorded)."""
     from ansible_collections.pgdts.migration.plugins.module_utils import apply, decoding
     log = log or (lambda msg: None)
     done = []
@@ -211,8 +236,7 @@ def release_task_objects(source, destination, task, databases, drop_destination=
         try:
             with connect(destination, dbname, application_name='pgdts-cleanup', options=WRITER_OPTIONS) as conn:
                 apply.drop_origin(conn, name, missing_ok=True)
-                conn.execute(sql.SQL('ALTER DATABASE {} RESET default_transaction_read_only').format(
-                    sql.Identifier(dbname)))
+                conn.execute(read_only_sql(dbname, (destination_settings or {}).get(dbname)))
                 if drop_destination and dbname not in created_databases:
                     dropped = schema.drop_objects(conn, _task_objects(conn, dbname, tables, existing_objects))
                     kinds = collections.Counter(kind for kind, _identity in dropped)

@@ -20,6 +20,14 @@ description:
     definitions of columns, indexes, constraints, triggers, views, functions, sequence parameters and extensions.
     Anything on one side only is a difference (a table created on the source during the sync is V(missing), a table
     on the destination only that the task's selection matches is V(extra), unless it was there before the task).
+  - The fence is proven, not assumed. After the catch-up, finish keeps watching for O(fence_settle) seconds and catches
+    up again, and once more after the comparison; every source transaction that changed the migrated tables after
+    the fence point reaches the worker through the sync, so a writer that got past the fence (see O(fence)) is seen,
+    its changes are applied to the destination, and it is named in RV(fence_leaks), and finish fails or warns as
+    O(on_fence_leak) says instead of reporting a clean cutover.
+  - A fence that a failed or interrupted finish (an error, a timeout, SIGTERM or SIGHUP) set is lifted, and each
+    database gets back its own C(default_transaction_read_only) setting from before the fence (kept in the task
+    state); a finish that was killed outright leaves it for the next run of finish or a cancel of the task.
   - A mismatch with O(on_mismatch=fail) keeps the task and the sync as they are, lifts the fence and fails with the
     comparison in the result.
   - Running it again on a finished task returns the summary with RV(ignore:changed=false).
@@ -47,8 +55,14 @@ options:
     required: true
   fence:
     description:
-      - V(read_only) makes the migrated source databases read-only for new transactions and ends the sessions that
-        are connected to them, so nothing commits on the source during the cutover. Undone if finish fails.
+      - V(read_only) makes the migrated source databases read-only for new transactions
+        (C(ALTER DATABASE ... SET default_transaction_read_only = on)) and ends every session connected to them
+        (client backends, logical replication workers and other background workers that are connected to them)
+        except this run's own, waiting until they are gone (at most O(wait_timeout) seconds, else finish fails).
+        Undone if finish fails, with each database's own setting from before restored.
+      - A client can still write through it (C(ALTER ROLE ... SET default_transaction_read_only = off),
+        C(SET), C(BEGIN READ WRITE), C(-c) options); such writes are caught by the fence's proof, see
+        O(on_fence_leak). Walsenders, autovacuum and parallel workers are not ended.
       - V(none) does not fence; the destination catches up to the source position when finish began.
     type: str
     choices: [none, read_only]
@@ -58,6 +72,24 @@ options:
       - Leave the source databases read-only after a successful cutover (the applications move to the destination).
     type: bool
     default: true
+  on_fence_leak:
+    description:
+      - What finish does when a source transaction that changed the migrated tables committed after the fence
+        (a writer got past it). Its changes are applied to the destination either way; RV(fence_leaks) names the
+        transactions, their tables and the sessions that were seen writing.
+      - V(fail) lifts the fence, keeps the task syncing and fails (the writer would otherwise go on writing to the
+        source after the cutover, and those writes would be lost).
+      - V(warn) finishes anyway and returns a warning.
+    type: str
+    choices: [fail, warn]
+    default: fail
+  fence_settle:
+    description:
+      - Seconds finish keeps watching the fenced source after the destination caught up to the fence, before it
+        catches up again and judges the fence (a longer time catches a writer that writes less often). V(0) only
+        catches up once more.
+    type: float
+    default: 2
   compare:
     description:
       - V(checksum) compares a checksum of every row in key-ordered chunks and names differing keys, and an md5 of
@@ -225,6 +257,23 @@ large_objects:
   type: list
   elements: dict
   sample: [{database: shop, source: 5, created: 1, rewritten: 1, dropped: 1, privileges_set: 0, kept: 0}]
+fence_leaks:
+  description:
+    - Per source database where the write fence leaked, the transactions that committed after the fence (xid,
+      commit_lsn, commit_time, origin, changes, tables), their count, the subscriptions they came from (origin of a
+      logical replication apply worker) and the sessions seen in that database after the fence (usename,
+      application_name, client_addr, backend_type, pid, xids; C(certain) when one of its transaction ids is one
+      of the leaked transactions).
+  returned: success with O(fence=read_only), and failure with O(on_fence_leak=fail) when the fence leaked
+  type: list
+  elements: dict
+fenced_sessions:
+  description:
+    - The sessions the fence ended (pid, database, usename, application_name, client_addr, backend_type).
+    - On a failure to fence, the sessions that could not be ended or did not go (with the error).
+  returned: with O(fence=read_only)
+  type: list
+  elements: dict
 downtime_seconds:
   description: Seconds from the fence to the end of the cutover.
   returned: success with O(fence=read_only)
@@ -252,6 +301,8 @@ def main():
         keep_source_fence=dict(type='bool', default=True),
         compare=dict(type='str', choices=['checksum', 'count', 'none'], default='checksum'),
         on_mismatch=dict(type='str', choices=['fail', 'warn'], default='fail'),
+        on_fence_leak=dict(type='str', choices=['fail', 'warn'], default='fail'),
+        fence_settle=dict(type='float', default=2),
         sync_sequences=dict(type='bool', default=True),
         jobs=dict(type='int', default=4),
         wait_timeout=dict(type='int', default=600),
@@ -269,6 +320,8 @@ def main():
         result = Finisher(control, params).run()
     except TaskControlError as exc:
         module.fail_json(msg=exc.message, **exc.result)
+    for warning in result.pop('warnings', None) or ():
+        module.warn(warning)
     module.exit_json(**result)
 
 
