@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import time
 
-from ansible_collections.pgdts.migration.plugins.module_utils import catalog, compare as compare_mod, schema, task_state
+from ansible_collections.pgdts.migration.plugins.module_utils import catalog, compare as compare_mod, schema
 from ansible_collections.pgdts.migration.plugins.module_utils import worker_process as worker
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import connect, query_value, sql
 from ansible_collections.pgdts.migration.plugins.module_utils.task_control import TaskControlError
-from ansible_collections.pgdts.migration.plugins.module_utils.task_state import lsn_int
+from ansible_collections.pgdts.migration.plugins.module_utils.lsn import int_to_lsn, lsn_to_int
 
 def _fence_sql(dbname, on):
     if on:
@@ -50,7 +50,7 @@ class Finisher:
                 if not left:
                     break
                 time.sleep(0.05)
-            return lsn_int(query_value(conn, 'SELECT pg_catalog.pg_current_wal_insert_lsn()::text')), len(pids)
+            return lsn_to_int(query_value(conn, 'SELECT pg_catalog.pg_current_wal_insert_lsn()::text')), len(pids)
 
     def lift_fence(self):
         if not self.fenced:
@@ -69,7 +69,7 @@ class Finisher:
             if task['stage'] == 'failed':
                 raise TaskControlError('task %s failed while catching up: %s' % (
                     self.name, (task['error'] or {}).get('message')), task=self.control.report(store))
-            if all(lsn_int(r['synced_lsn']) is not None and lsn_int(r['synced_lsn']) >= target for r in rows):
+            if all(lsn_to_int(r['synced_lsn']) is not None and lsn_to_int(r['synced_lsn']) >= target for r in rows):
                 return
             if time.time() - respawned >= 5 and not worker.worker_pid(self.control.paths):
                 # the worker died while we wait for it (killed, host trouble): start it again, it resumes the sync
@@ -78,7 +78,7 @@ class Finisher:
                 self.control.spawn(store)
             if time.time() >= deadline:
                 raise TaskControlError('timed out after %d s waiting for the destination to apply everything up to %s'
-                                       % (timeout, task_state.lsn_text(target)), task=self.control.report(store))
+                                       % (timeout, int_to_lsn(target)), task=self.control.report(store))
             time.sleep(0.1)
 
     def compare(self, store, databases):
@@ -145,7 +145,7 @@ class Finisher:
             store.set_stage(self.name, 'finishing')
             store.set_request(self.name, 'finish', target)
             self.log(store, 'finish: %s, waiting for the destination to apply up to %s' % (
-                'source fenced read-only' if fence == 'read_only' else 'no fence', task_state.lsn_text(target)))
+                'source fenced read-only' if fence == 'read_only' else 'no fence', int_to_lsn(target)))
             self.wait_applied(store, target, int(self.params.get('wait_timeout') or 600))
             phase('catch_up')
             sequences = []
@@ -189,7 +189,7 @@ class Finisher:
             self.lift_fence()
         phase('cleanup')
         downtime = round(time.time() - started, 3) if fence == 'read_only' else None
-        finish = {'final_lsn': task_state.lsn_text(target), 'sequences': sequences, 'comparison': comparison,
+        finish = {'final_lsn': int_to_lsn(target), 'sequences': sequences, 'comparison': comparison,
                   'comparison_summary': summary, 'downtime_seconds': downtime, 'terminated_sessions': terminated,
                   'source_fenced': bool(self.fenced), 'phase_seconds': phases}
         store.finish_task(self.name, 'finished', {'finish': finish})

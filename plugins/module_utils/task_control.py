@@ -11,9 +11,10 @@ import time
 from ansible_collections.pgdts.migration.plugins.module_utils import catalog, schema, task_state
 from ansible_collections.pgdts.migration.plugins.module_utils import worker_process as worker
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import (
-    ConnectionFailure, connect, query_value,
+    ConnectionFailure, connect, error_text, query_value,
 )
-from ansible_collections.pgdts.migration.plugins.module_utils.task_state import TaskStore, lsn_int
+from ansible_collections.pgdts.migration.plugins.module_utils.lsn import lsn_to_int
+from ansible_collections.pgdts.migration.plugins.module_utils.task_state import TaskStore
 
 # Options that define what a task migrates: a re-run with other values names a different task.
 IDENTITY_KEYS = ('tables', 'exclude_tables', 'plugin', 'incremental')
@@ -66,7 +67,7 @@ class TaskControl:
             raise _role_failure('destination', exc)
         except psycopg.Error as exc:
             store.close()
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            detail = error_text(exc)
             raise TaskControlError('destination: user "%s" cannot use the task state (database %s, schema %s): %s; '
                                    'connect as the role that runs the migrations, or a superuser' % (
                                        self.destination.user, task_state.STATE_DATABASE, task_state.STATE_SCHEMA,
@@ -76,7 +77,7 @@ class TaskControl:
     def source_lsn(self):
         try:
             with connect(self.source, application_name='pgdts-module') as conn:
-                return lsn_int(query_value(conn, 'SELECT pg_catalog.pg_current_wal_flush_lsn()::text'))
+                return lsn_to_int(query_value(conn, 'SELECT pg_catalog.pg_current_wal_flush_lsn()::text'))
         except ConnectionFailure:
             return None
 
@@ -222,7 +223,7 @@ class TaskControl:
                 if stage == 'sync':
                     if goal_lsn is None:
                         goal_lsn = self.source_lsn()
-                    synced = [lsn_int(d['synced_lsn']) for d in report['databases']]
+                    synced = [lsn_to_int(d['synced_lsn']) for d in report['databases']]
                     if goal_lsn is not None and synced and all(s is not None and s >= goal_lsn for s in synced):
                         break
             if time.time() >= deadline:

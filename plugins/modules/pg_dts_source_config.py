@@ -215,7 +215,7 @@ import tempfile
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pgdts.migration.plugins.module_utils import ansible_common
-from ansible_collections.pgdts.migration.plugins.module_utils.connection import ConnectionFailure, connect, query_all
+from ansible_collections.pgdts.migration.plugins.module_utils.connection import ConnectionFailure, connect, error_text, query_all
 from ansible_collections.pgdts.migration.plugins.module_utils import hba as pghba
 from ansible_collections.pgdts.migration.plugins.module_utils import server_settings as ss
 
@@ -276,7 +276,7 @@ def main():
     except ss.SettingsError as exc:
         module.fail_json(msg=exc.message, failure=exc.kind, **result)
     except psycopg.Error as exc:
-        module.fail_json(msg='source: %s' % str(exc).strip().splitlines()[0], failure='query', **result)
+        module.fail_json(msg='source: %s' % error_text(exc), failure='query', **result)
     finally:
         conn.close()
     module.exit_json(**result)
