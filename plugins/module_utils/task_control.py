@@ -33,6 +33,38 @@ def _role_failure(role, exc):
     return TaskControlError('%s: %s' % (role, exc.message), failure=exc.kind)
 
 
+def open_store(destination, create):
+    """The task store on the destination (None when there is no state database and not `create`); a login that may
+    not use it fails with a TaskControlError that says so."""
+    import psycopg
+    store = TaskStore(destination, 'pgdts-module')
+    try:
+        if not store.open(create=create):
+            return None
+        if store.has_tables():
+            store.check_access()
+    except ConnectionFailure as exc:
+        store.close()
+        raise _role_failure('destination', exc)
+    except psycopg.Error as exc:
+        store.close()
+        detail = error_text(exc)
+        raise TaskControlError('destination: user "%s" cannot use the task state (database %s, schema %s): %s; '
+                               'connect as the role that runs the migrations, or a superuser' % (
+                                   destination.user, task_state.STATE_DATABASE, task_state.STATE_SCHEMA,
+                                   detail), failure='state_access')
+    return store
+
+
+def source_lsn(source):
+    """The source's current flush LSN (int), None when the source cannot be reached."""
+    try:
+        with connect(source, application_name='pgdts-module') as conn:
+            return lsn_to_int(query_value(conn, 'SELECT pg_catalog.pg_current_wal_flush_lsn()::text'))
+    except ConnectionFailure:
+        return None
+
+
 class TaskControl:
     def __init__(self, params, source, destination, check_mode=False):
         # An invalid name is reported by the first action (ensure, cancel, finish), which modules call inside their
@@ -55,31 +87,10 @@ class TaskControl:
 
     # -- helpers -------------------------------------------------------------------------------------------------
     def open_store(self, create):
-        import psycopg
-        store = TaskStore(self.destination, 'pgdts-module')
-        try:
-            if not store.open(create=create):
-                return None
-            if store.has_tables():
-                store.conn.execute('SELECT 1 FROM pgdts.task LIMIT 0')
-        except ConnectionFailure as exc:
-            store.close()
-            raise _role_failure('destination', exc)
-        except psycopg.Error as exc:
-            store.close()
-            detail = error_text(exc)
-            raise TaskControlError('destination: user "%s" cannot use the task state (database %s, schema %s): %s; '
-                                   'connect as the role that runs the migrations, or a superuser' % (
-                                       self.destination.user, task_state.STATE_DATABASE, task_state.STATE_SCHEMA,
-                                       detail), failure='state_access')
-        return store
+        return open_store(self.destination, create)
 
     def source_lsn(self):
-        try:
-            with connect(self.source, application_name='pgdts-module') as conn:
-                return lsn_to_int(query_value(conn, 'SELECT pg_catalog.pg_current_wal_flush_lsn()::text'))
-        except ConnectionFailure:
-            return None
+        return source_lsn(self.source)
 
     def report(self, store, include_tables=True):
         lsn = self.source_lsn()
@@ -119,7 +130,7 @@ class TaskControl:
         if not value:
             return None
         try:
-            return worker.parse_time(value).isoformat()
+            return task_state.parse_time(value).isoformat()
         except ValueError:
             raise TaskControlError('start_at %r is not an ISO 8601 time such as 2026-12-01T02:00:00+01:00' % value)
 
@@ -182,16 +193,16 @@ class TaskControl:
             raise TaskControlError('task %s not started: %d check(s) failed: %s' % (
                 self.name, len(failed), '; '.join('%s: %s' % (c['id'], c['message']) for c in failed)),
                 checks=items, summary=checks_mod.summarize(items))
+        stage = 'scheduled' if start_at else 'schema'
         if self.check_mode:
             return {'changed': True, 'action': 'started', 'msg': 'task %s would be started' % self.name,
-                    'checks': items, 'task': None, 'diff': {'before': {'stage': None}, 'after': {'stage': 'schema'}}}
+                    'checks': items, 'task': None, 'diff': {'before': {'stage': None}, 'after': {'stage': stage}}}
         store = store or self.open_store(create=True)
-        if store.conn is None or not store.has_tables():
+        if not store.is_open() or not store.has_tables():
             store.close()
             store = self.open_store(create=True)
         if task and task['stage'] == 'cancelled':
             store.delete_task(self.name)
-        stage = 'scheduled' if start_at else 'schema'
         import psycopg
         try:
             store.create_task(self.name, self.spec(databases, start_at), stage)
@@ -289,16 +300,15 @@ class TaskControl:
 
 def task_infos(source, destination, name, worker_dir, include_tables):
     """Reports of one task (name) or of all tasks on the destination; never changes anything."""
-    probe = TaskControl({'name': name or 'x', 'worker_dir': worker_dir}, source, destination)
-    store = probe.open_store(create=False)
+    store = open_store(destination, create=False)
     if store is None or not store.has_tables():
         return []
     try:
         if name:
             names = [name] if store.get_task(name) else []
         else:
-            names = [r[0] for r in store.conn.execute('SELECT name FROM pgdts.task ORDER BY name').fetchall()]
-        lsn = probe.source_lsn() if source.host or source.port else None
+            names = store.task_names()
+        lsn = source_lsn(source) if source.host or source.port else None
         out = []
         for task_name in names:
             databases = [d['dbname'] for d in store.databases(task_name)]

@@ -124,6 +124,20 @@ _STATE_DDL_LOCK = 0x7067647473
 _FINISH_LOCK_CLASS = 0x70676466      # 'pgdf': advisory locks (class, key) of pg_dts_finish, one key per task
 
 
+def parse_time(value):
+    """A start_at value (ISO 8601; a time without zone is local time) as an aware UTC datetime; None stays None."""
+    if not value:
+        return None
+    if isinstance(value, datetime.datetime):
+        parsed = value
+    else:
+        text = str(value).strip().replace('Z', '+00:00')
+        parsed = datetime.datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.astimezone()
+    return parsed.astimezone(datetime.timezone.utc)
+
+
 def _lock_key(task):
     """A stable int4 key of a task name."""
     value = zlib.crc32(task.encode('utf-8'))
@@ -192,8 +206,19 @@ class TaskStore:
     def __exit__(self, *exc):
         self.close()
 
+    def is_open(self):
+        """Whether the store has a connection that was not closed (it may still have broken since)."""
+        return self.conn is not None and not self.conn.closed
+
     def has_tables(self):
         return bool(query_one(self.conn, "SELECT to_regclass('pgdts.task') IS NOT NULL")[0])
+
+    def check_access(self):
+        """Raise the psycopg error when this login may not read the task table."""
+        self.conn.execute('SELECT 1 FROM pgdts.task LIMIT 0')
+
+    def task_names(self):
+        return [r[0] for r in query_all(self.conn, 'SELECT name FROM pgdts.task ORDER BY name')]
 
     # -- tasks ---------------------------------------------------------------------------------------------------
     def get_task(self, name):

@@ -98,7 +98,7 @@ class TaskRunner:
         store = TaskStore(self.destination, 'pgdts-worker-watch')
         while not self.stop_event.is_set():
             try:
-                if store.conn is None:
+                if not store.is_open():
                     store.open(create=False)
                 task = store.get_task(self.name)
                 if task is None:
@@ -187,7 +187,7 @@ class TaskRunner:
 
     def reopen_store(self, force=False):
         """Connect the state store again when its connection was lost (the destination restarted)."""
-        if force or self.store.conn is None or self.store.conn.closed:
+        if force or not self.store.is_open():
             self.store.close()
             self.store.open(create=False)
 
@@ -205,7 +205,7 @@ class TaskRunner:
                              before=self.check_stop, passthrough=(Cancelled, Stopped))
 
     def wait_for_start(self):
-        start_at = parse_time(self.spec.get('start_at'))
+        start_at = task_state.parse_time(self.spec.get('start_at'))
         if start_at is None:
             return
         self.event('scheduled: waiting until %s' % start_at.isoformat())
@@ -692,19 +692,6 @@ def error_record(exc, stage):
         if value is not None:
             record[attr] = int_to_lsn(value) if attr == 'lsn' and isinstance(value, int) else value
     return json.loads(json.dumps(record, default=str))
-
-
-def parse_time(value):
-    if not value:
-        return None
-    if isinstance(value, datetime.datetime):
-        parsed = value
-    else:
-        text = str(value).strip().replace('Z', '+00:00')
-        parsed = datetime.datetime.fromisoformat(text)
-    if parsed.tzinfo is None:
-        parsed = parsed.astimezone()
-    return parsed.astimezone(datetime.timezone.utc)
 
 
 def main(argv=None):
