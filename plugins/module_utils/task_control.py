@@ -33,6 +33,26 @@ def _role_failure(role, exc):
     return TaskControlError('%s: %s' % (role, exc.message), failure=exc.kind)
 
 
+def first_stage(start_at):
+    """The stage a new task is created in."""
+    return 'scheduled' if start_at else 'schema'
+
+
+def ensure_action(task, worker_running):
+    """What state=present does with the task as it is (its row, or None): 'start' (no task, or a cancelled one),
+    'none' (finished), 'reported' (its worker runs), 'refused' (failed because its slot is lost: a resume would lose
+    the changes since the last sync) or 'resume' (stopped or failed: a new worker carries on)."""
+    if not task or task['stage'] == 'cancelled':
+        return 'start'
+    if task['stage'] == 'finished':
+        return 'none'
+    if worker_running:
+        return 'reported'
+    if task['stage'] == 'failed' and (task['error'] or {}).get('type') == 'SlotInvalidated':
+        return 'refused'
+    return 'resume'
+
+
 def open_store(destination, create):
     """The task store on the destination (None when there is no state database and not `create`); a login that may
     not use it fails with a TaskControlError that says so."""
@@ -164,13 +184,14 @@ class TaskControl:
         task = store.get_task(self.name) if store else None
         if task and task['stage'] != 'cancelled':
             self.check_identity(task)
-            if task['stage'] == 'finished':
+            pid = worker.worker_pid(self.paths) if task['stage'] != 'finished' else None
+            action = ensure_action(task, bool(pid))
+            if action == 'none':
                 return self.result(store, False, 'none', 'task %s is finished' % self.name)
-            pid = worker.worker_pid(self.paths)
-            if pid:
+            if action == 'reported':
                 return self.result(store, False, 'reported', 'task %s is running (worker pid %s)' % (self.name, pid))
             before = task['stage']
-            if before == 'failed' and (task['error'] or {}).get('type') == 'SlotInvalidated':
+            if action == 'refused':
                 # the changes since the last sync are gone from the source: a resume would silently lose them
                 raise TaskControlError('task %s cannot be resumed: %s' % (self.name, task['error'].get('message')),
                                        task=self.report(store))
@@ -193,7 +214,7 @@ class TaskControl:
             raise TaskControlError('task %s not started: %d check(s) failed: %s' % (
                 self.name, len(failed), '; '.join('%s: %s' % (c['id'], c['message']) for c in failed)),
                 checks=items, summary=checks_mod.summarize(items))
-        stage = 'scheduled' if start_at else 'schema'
+        stage = first_stage(start_at)
         if self.check_mode:
             return {'changed': True, 'action': 'started', 'msg': 'task %s would be started' % self.name,
                     'checks': items, 'task': None, 'diff': {'before': {'stage': None}, 'after': {'stage': stage}}}

@@ -64,6 +64,33 @@ class Stopped(Exception):
     pass
 
 
+def resume_stage(task):
+    """The stage a failed task is resumed at: the stage it failed in."""
+    return (task['error'] or {}).get('stage') or 'schema'
+
+
+def worker_steps(stage, incremental=True):
+    """What a worker does, in order, for a task in `stage`: ('stage', name) records the task's stage, ('step', name)
+    runs that TaskRunner step (each resumes where an interrupted run stopped)."""
+    steps = []
+    if stage == 'scheduled':
+        steps += [('step', 'wait_for_start'), ('stage', 'schema')]
+        stage = 'schema'
+    steps.append(('step', 'set_started'))
+    if stage in ('schema', 'copy'):
+        steps += [('step', 'initial_load'), ('stage', 'index')]
+        stage = 'index'
+    if stage == 'index':
+        steps.append(('step', 'build_indexes'))
+        if not incremental:
+            return steps + [('step', 'end_without_sync')]
+        steps.append(('stage', 'sync'))
+        stage = 'sync'
+    if stage in ('sync', 'finishing'):
+        steps.append(('step', 'sync'))
+    return steps
+
+
 class TaskRunner:
     def __init__(self, paths, spec, source, destination):
         self.paths = paths
@@ -137,31 +164,22 @@ class TaskRunner:
             self.log('task %s is %s; nothing to do' % (self.name, stage))
             return 0
         if stage == 'failed':
-            stage = (task['error'] or {}).get('stage') or 'schema'
+            stage = resume_stage(task)
             self.store.set_stage(self.name, stage, clear_error=True)
             self.event('resuming after failure at stage %s' % stage)
         self._watch = threading.Thread(target=self._watcher, name='watch', daemon=True)
         self._watch.start()
         try:
-            if stage == 'scheduled':
-                self.wait_for_start()
-                stage = 'schema'
-                self.retrying(self.store.set_stage, self.name, stage)
-            self.retrying(self.store.set_started, self.name)
-            if stage in ('schema', 'copy'):
-                self.retrying(self.initial_load)
-                stage = 'index'
-                self.retrying(self.store.set_stage, self.name, stage)
-            if stage == 'index':
-                self.retrying(self.build_indexes)
-                if self.spec.get('incremental', True):
-                    stage = 'sync'
+            for kind, what in worker_steps(stage, self.spec.get('incremental', True)):
+                if kind == 'stage':
+                    stage = what
                     self.retrying(self.store.set_stage, self.name, stage)
+                elif what == 'wait_for_start':
+                    self.wait_for_start()
+                elif what == 'set_started':
+                    self.retrying(self.store.set_started, self.name)
                 else:
-                    self.retrying(self.end_without_sync)
-                    return 0
-            if stage in ('sync', 'finishing'):
-                self.retrying(self.sync)
+                    self.retrying(getattr(self, what))
         except Cancelled:
             self.event('cancel requested: worker stopped')
         except Stopped:
