@@ -16,11 +16,7 @@ def _fragment(role):
 
 
 class ModuleDocFragment:
-    """Fragments: C(source), C(destination), and C(attributes)."""
-
-    SOURCE = _fragment('source')
-
-    DESTINATION = _fragment('destination')
+    """Fragments: C(source), C(destination) (both set below, from the table), and C(attributes)."""
 
     ATTRIBUTES = r'''
 options: {}
@@ -34,3 +30,9 @@ requirements:
 notes:
   - Passwords are read from the options or the environment and never appear in results, logs or command lines.
 '''
+
+
+# Built from the table rather than written out: yaml.safe_dump writes them, ansible-doc renders them and
+# validate-modules compares them with every module's argument spec.
+ModuleDocFragment.SOURCE = _fragment('source')
+ModuleDocFragment.DESTINATION = _fragment('destination')

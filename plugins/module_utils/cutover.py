@@ -11,8 +11,9 @@ import time
 from ansible_collections.pgdts.migration.plugins.module_utils import catalog, compare as compare_mod, schema
 from ansible_collections.pgdts.migration.plugins.module_utils import worker_process as worker
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import connect, query_value, sql
-from ansible_collections.pgdts.migration.plugins.module_utils.task_control import TaskControlError
 from ansible_collections.pgdts.migration.plugins.module_utils.lsn import int_to_lsn, lsn_to_int
+from ansible_collections.pgdts.migration.plugins.module_utils.task_control import TaskControlError
+
 
 def _fence_sql(dbname, on):
     if on:

@@ -29,4 +29,3 @@ def seed_id(seed):
 @pytest.mark.parametrize('seed', SEEDS, ids=seed_id)
 def test_kill_worker_then_rerun(servers, ansible, tmp_path, seed):
     kill_scenario(servers, ansible, tmp_path, seed)
-
