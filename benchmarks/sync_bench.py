@@ -34,6 +34,7 @@ from psycopg import sql  # noqa: E402
 from ansible_collections.pgdts.migration.plugins.module_utils import apply as pgapply  # noqa: E402
 from ansible_collections.pgdts.migration.plugins.module_utils import catalog  # noqa: E402
 from ansible_collections.pgdts.migration.plugins.module_utils import decoding  # noqa: E402
+from ansible_collections.pgdts.migration.plugins.module_utils.lsn import lsn_to_int  # noqa: E402
 from tests.harness.cluster import PgCluster, make_base_dir  # noqa: E402
 
 TABLES = ['pgbench_accounts', 'pgbench_branches', 'pgbench_tellers', 'pgbench_history']
@@ -190,8 +191,8 @@ def main():
                           stdout=open(os.devnull, 'w'), stderr=open(os.devnull, 'w'))
         produce = time.monotonic() - started
         # everything committed so far (commits are asynchronous here: wait until the WAL is flushed that far)
-        target = decoding.lsn_to_int(source.value('SELECT pg_current_wal_insert_lsn()::text', dbname='bench'))
-        while decoding.lsn_to_int(source.value('SELECT pg_current_wal_flush_lsn()::text', dbname='bench')) < target:
+        target = lsn_to_int(source.value('SELECT pg_current_wal_insert_lsn()::text', dbname='bench'))
+        while lsn_to_int(source.value('SELECT pg_current_wal_flush_lsn()::text', dbname='bench')) < target:
             time.sleep(0.05)
         backlog = args.transactions // args.clients * args.clients
         print('backlog: %d pgbench transactions (scale %d) produced in %.1f s (%.0f tx/s on the source)'
@@ -235,7 +236,7 @@ def main():
             while True:
                 row = source.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
                                      "WHERE slot_name = 'native_slot'", dbname='bench')[0]
-                if decoding.lsn_to_int(row[0]) >= target:
+                if lsn_to_int(row[0]) >= target:
                     break
                 time.sleep(0.05)
             native_elapsed = time.monotonic() - started

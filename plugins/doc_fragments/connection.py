@@ -1,121 +1,22 @@
 # -*- coding: utf-8 -*-
 # Copyright: pgdts developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Connection options shared by every pgdts module, documented once (mirrored by ansible_common.SERVER_OPTIONS)."""
+"""Connection options shared by every pgdts module, documented once: the C(source) and C(destination) fragments are
+built from ansible_common.SERVER_OPTION_TABLE, the table the modules' argument spec is built from."""
 
 from __future__ import annotations
 
+import yaml
+
+from ansible_collections.pgdts.migration.plugins.module_utils.ansible_common import server_option_doc
+
+
+def _fragment(role):
+    return yaml.safe_dump(server_option_doc(role), default_flow_style=False, sort_keys=False, width=1000)
+
 
 class ModuleDocFragment:
-    """Fragments: C(source), C(destination), and C(attributes)."""
-
-    SOURCE = r'''
-options:
-  source:
-    description:
-      - How to reach the source PostgreSQL server.
-      - Each key falls back to the matching libpq environment variable when it is not given.
-    type: dict
-    default: {}
-
-    suboptions:
-      host:
-        description:
-          - Host name, IP address or Unix socket directory of the server.
-          - Falls back to the C(PGHOST) environment variable, then to the libpq default.
-        type: str
-      port:
-        description:
-          - Port of the server.
-          - Falls back to C(PGPORT), then to C(5432).
-        type: int
-      user:
-        description:
-          - Role to log in as.
-          - Falls back to C(PGUSER), then to the libpq default (the operating system user).
-        type: str
-      password:
-        description:
-          - Password of O(source.user).
-          - Falls back to C(PGPASSWORD); a C(~/.pgpass) file is honoured by libpq as usual.
-          - Never logged, never returned, never passed on a command line.
-        type: str
-      dbname:
-        description:
-          - Maintenance database to connect to for server-wide work.
-          - Falls back to C(PGDATABASE), then to C(postgres).
-        type: str
-      sslmode:
-        description:
-          - libpq SSL mode.
-          - Falls back to C(PGSSLMODE), then to C(prefer).
-        type: str
-        choices: [disable, allow, prefer, require, verify-ca, verify-full]
-      sslrootcert:
-        description:
-          - File with the certificate authorities that sign the server certificate.
-          - Falls back to C(PGSSLROOTCERT).
-        type: path
-      connect_timeout:
-        description:
-          - Seconds to wait for a connection before giving up.
-          - Falls back to C(PGCONNECT_TIMEOUT), then to C(10).
-        type: int
-'''
-
-    DESTINATION = r'''
-options:
-  destination:
-    description:
-      - How to reach the destination PostgreSQL server.
-      - Each key falls back to the matching libpq environment variable when it is not given.
-    type: dict
-    default: {}
-
-    suboptions:
-      host:
-        description:
-          - Host name, IP address or Unix socket directory of the server.
-          - Falls back to the C(PGHOST) environment variable, then to the libpq default.
-        type: str
-      port:
-        description:
-          - Port of the server.
-          - Falls back to C(PGPORT), then to C(5432).
-        type: int
-      user:
-        description:
-          - Role to log in as.
-          - Falls back to C(PGUSER), then to the libpq default (the operating system user).
-        type: str
-      password:
-        description:
-          - Password of O(destination.user).
-          - Falls back to C(PGPASSWORD); a C(~/.pgpass) file is honoured by libpq as usual.
-          - Never logged, never returned, never passed on a command line.
-        type: str
-      dbname:
-        description:
-          - Maintenance database to connect to for server-wide work.
-          - Falls back to C(PGDATABASE), then to C(postgres).
-        type: str
-      sslmode:
-        description:
-          - libpq SSL mode.
-          - Falls back to C(PGSSLMODE), then to C(prefer).
-        type: str
-        choices: [disable, allow, prefer, require, verify-ca, verify-full]
-      sslrootcert:
-        description:
-          - File with the certificate authorities that sign the server certificate.
-          - Falls back to C(PGSSLROOTCERT).
-        type: path
-      connect_timeout:
-        description:
-          - Seconds to wait for a connection before giving up.
-          - Falls back to C(PGCONNECT_TIMEOUT), then to C(10).
-        type: int
-'''
+    """Fragments: C(source), C(destination) (both set below, from the table), and C(attributes)."""
 
     ATTRIBUTES = r'''
 options: {}
@@ -129,3 +30,9 @@ requirements:
 notes:
   - Passwords are read from the options or the environment and never appear in results, logs or command lines.
 '''
+
+
+# Built from the table rather than written out: yaml.safe_dump writes them, ansible-doc renders them and
+# validate-modules compares them with every module's argument spec.
+ModuleDocFragment.SOURCE = _fragment('source')
+ModuleDocFragment.DESTINATION = _fragment('destination')

@@ -27,8 +27,10 @@ import operator
 import struct
 import time
 
-from ansible_collections.pgdts.migration.plugins.module_utils.connection import sql
-from ansible_collections.pgdts.migration.plugins.module_utils.decoding import gc_paused, int_to_lsn, is_connection_problem, lsn_to_int
+from ansible_collections.pgdts.migration.plugins.module_utils.connection import (
+    VALUE_TEXT_SETTINGS, connection_lost, error_text, sql)
+from ansible_collections.pgdts.migration.plugins.module_utils.decoding import gc_paused
+from ansible_collections.pgdts.migration.plugins.module_utils.lsn import int_to_lsn, lsn_to_int
 
 try:
     import psycopg
@@ -39,14 +41,8 @@ except ImportError:  # pragma: no cover - connection.require_psycopg() reports i
     Dumper = object
     Format = None
 
-# Must mirror decoding.READER_SETTINGS for the settings that shape how text values are read back.
-SESSION_SETTINGS = (
-    ('DateStyle', 'ISO, YMD'),
-    ('IntervalStyle', 'postgres'),
-    ('TimeZone', 'UTC'),
-    ('extra_float_digits', '3'),
-    ('bytea_output', 'hex'),
-    ('lc_monetary', 'C'),
+# The value text settings of the decoding session (decoding.READER_SETTINGS), so that text values are read back as sent.
+SESSION_SETTINGS = VALUE_TEXT_SETTINGS + (
     ('search_path', 'pg_catalog'),
     ('session_replication_role', 'replica'),
     ('synchronous_commit', 'off'),
@@ -171,16 +167,6 @@ def _preview(values):
             value = value[:_VALUE_PREVIEW] + '...(%d chars)' % len(value)
         out[name] = value
     return out
-
-
-def _pg_message(exc):
-    diag = getattr(exc, 'diag', None)
-    if diag is None:
-        return str(exc).strip()
-    text = diag.message_primary or str(exc).strip().splitlines()[0]
-    if diag.message_detail:
-        text += ': ' + diag.message_detail
-    return text
 
 
 def _param_safe(composable, conn):
@@ -311,11 +297,11 @@ class Applier:
             conn.rollback()
             raise
         except psycopg.Error as exc:
-            if is_connection_problem(exc, conn):
+            if connection_lost(exc, conn):
                 raise
             conn.rollback()
             raise ApplyError('cannot set up the apply session for replication origin "%s": %s'
-                             % (self.origin_name, _pg_message(exc))) from None
+                             % (self.origin_name, error_text(exc, detail=True))) from None
         self._is_setup = True
 
     def _load_catalog(self, cur):
@@ -449,10 +435,10 @@ class Applier:
                 conn.rollback()
                 raise
             except psycopg.Error as exc:
-                if is_connection_problem(exc, conn):
+                if connection_lost(exc, conn):
                     raise
                 conn.rollback()
-                raise ApplyError('cannot read the destination catalog: %s' % _pg_message(exc)) from None
+                raise ApplyError('cannot read the destination catalog: %s' % error_text(exc, detail=True)) from None
             self._reload_catalog = False
         try:
             with conn.cursor() as cur:
@@ -501,10 +487,10 @@ class Applier:
             raise
         except psycopg.Error as exc:
             _quiet_rollback(conn)
-            if is_connection_problem(exc, conn):
+            if connection_lost(exc, conn):
                 raise
             self._reload_catalog = True
-            raise ApplyError('cannot apply the batch: %s' % _pg_message(exc)) from None
+            raise ApplyError('cannot apply the batch: %s' % error_text(exc, detail=True)) from None
         except BaseException:
             _quiet_rollback(conn)
             raise
@@ -544,9 +530,9 @@ class Applier:
         try:
             self._execute(cur, query, None)
         except psycopg.Error as exc:
-            if is_connection_problem(exc, self.conn):
+            if connection_lost(exc, self.conn):
                 raise _ConnectionLost(exc) from None
-            raise ApplyError('cannot apply TRUNCATE: %s' % _pg_message(exc), ', '.join(t.name for t in targets),
+            raise ApplyError('cannot apply TRUNCATE: %s' % error_text(exc, detail=True), ', '.join(t.name for t in targets),
                              None, lsn, query.as_string(self.conn)) from None
         return 1
 
@@ -581,16 +567,16 @@ class Applier:
         try:
             return self._execute(cur, query, params)
         except psycopg.Error as exc:
-            if is_connection_problem(exc, self.conn):
+            if connection_lost(exc, self.conn):
                 raise _ConnectionLost(exc) from None
             self._statement_error(exc, target, query, lsn, key, what)
         return 0
 
     def _statement_error(self, exc, target, query, lsn, key, what):
         if isinstance(exc, psycopg.errors.UniqueViolation):
-            message = 'cannot apply %s: duplicate key on the destination: %s' % (what, _pg_message(exc))
+            message = 'cannot apply %s: duplicate key on the destination: %s' % (what, error_text(exc, detail=True))
         else:
-            message = 'cannot apply %s: %s' % (what, _pg_message(exc))
+            message = 'cannot apply %s: %s' % (what, error_text(exc, detail=True))
         raise ApplyError(message, target.name, key, lsn, _shown(query, self.conn))
 
     def _insert_one(self, cur, target, new, lsn):
@@ -752,9 +738,9 @@ class Applier:
             count = self._execute(cur, query, params)
             self.stats['net_seconds'] += time.perf_counter() - started
         except psycopg.Error as exc:
-            if is_connection_problem(exc, self.conn):
+            if connection_lost(exc, self.conn):
                 raise _ConnectionLost(exc) from None
-            raise _NetFailed('set-based %s on %s failed: %s' % (what, target.name, _pg_message(exc))) from None
+            raise _NetFailed('set-based %s on %s failed: %s' % (what, target.name, error_text(exc, detail=True))) from None
         if count != expected:
             raise _NetFailed('set-based %s on %s touched %d rows instead of %d' % (what, target.name, count, expected))
 
@@ -994,7 +980,7 @@ def drop_origin(conn, origin_name, missing_ok=True):
         except psycopg.Error as exc:
             if not conn.autocommit:
                 conn.rollback()
-            raise ApplyError('cannot drop replication origin "%s": %s' % (origin_name, _pg_message(exc))) from None
+            raise ApplyError('cannot drop replication origin "%s": %s' % (origin_name, error_text(exc, detail=True))) from None
     if not conn.autocommit:
         conn.commit()
     return True

@@ -20,7 +20,7 @@ import struct
 from ansible_collections.pgdts.migration.plugins.module_utils import catalog
 from ansible_collections.pgdts.migration.plugins.module_utils import schema
 from ansible_collections.pgdts.migration.plugins.module_utils import task_state
-from ansible_collections.pgdts.migration.plugins.module_utils.connection import ConnectionFailure, connect
+from ansible_collections.pgdts.migration.plugins.module_utils.connection import ConnectionFailure, connect, error_text
 
 try:
     import psycopg
@@ -138,15 +138,6 @@ def _bytes(number):
     return str(number)
 
 
-def _error_text(exc):
-    diag = getattr(exc, 'diag', None)
-    primary = getattr(diag, 'message_primary', None) if diag else None
-    if primary:
-        return primary.strip()
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else exc.__class__.__name__
-
-
 def _major(version_num):
     return version_num // 10000 if version_num >= 100000 else version_num // 100
 
@@ -180,7 +171,7 @@ class _Holder:
                     row = cur.fetchone()
                     result = row if how == 'one' else (row[0] if row else None)
         except psycopg.Error as exc:
-            self.errors[key] = _error_text(exc)
+            self.errors[key] = error_text(exc)
             return None
         self.facts[key] = result
         return result
@@ -299,7 +290,7 @@ def _connect(holder, spec, dbname=None, **kwargs):
     except ConnectionFailure as exc:
         holder.failure = _reclassify(exc, spec)
     except Exception as exc:  # pylint: disable=broad-except  # any other driver error is still a failed item
-        holder.failure = ConnectionFailure('error', 'cannot connect: %s' % _error_text(exc))
+        holder.failure = ConnectionFailure('error', 'cannot connect: %s' % error_text(exc))
     return None
 
 
@@ -454,7 +445,7 @@ def _gather_source_db(ctx, dbname):
         try:
             tables = catalog.load_tables(conn, dbname)
         except psycopg.Error as exc:
-            holder.errors['tables'] = _error_text(exc)
+            holder.errors['tables'] = error_text(exc)
             tables = []
         holder.facts['tables'] = tables
         holder.facts['by_oid'] = {t.oid: t for t in tables}
@@ -532,7 +523,7 @@ def _check_plugin_load(ctx):
                               'source.prepared_transactions)' % (ctx.plugin, dbname, timeout // 1000), '')
             conn.execute('SELECT pg_catalog.pg_drop_replication_slot(%s)', (slot,))
     except psycopg.Error as exc:
-        text = _error_text(exc)
+        text = error_text(exc)
         hint = 'Fix the error above and verify again.'
         if 'could not access file' in text or 'could not load library' in text:
             hint = ('The plugin library is not installed on the source server: install it (for wal2json the '

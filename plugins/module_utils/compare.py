@@ -40,7 +40,7 @@ import threading
 from concurrent.futures import Future, wait
 
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import (
-    connect, psycopg, query_value, require_psycopg, sql)
+    VALUE_TEXT_SETTINGS, connect, error_text, psycopg, query_value, require_psycopg, sql)
 
 MODES = ('count', 'checksum')
 HASH_METHODS = ('auto', 'hashtext', 'md5')
@@ -48,13 +48,7 @@ MAX_REPORTED_CHUNKS = 20
 APPLICATION_NAME = 'pgdts-compare'
 
 # Settings that make the text output of a value identical on both servers (and keep idle workers alive).
-SESSION_SETTINGS = (
-    ('TimeZone', 'UTC'),
-    ('DateStyle', 'ISO, YMD'),
-    ('IntervalStyle', 'postgres'),
-    ('extra_float_digits', '3'),
-    ('bytea_output', 'hex'),
-    ('lc_monetary', 'C'),
+SESSION_SETTINGS = VALUE_TEXT_SETTINGS + (
     ('client_encoding', 'UTF8'),
     ('statement_timeout', '0'),
     ('idle_in_transaction_session_timeout', '0'),
@@ -75,13 +69,6 @@ class CompareError(Exception):
 # ----------------------------------------------------------------------------------------------------------------
 # worker pools: one per side, each thread owns one connection inside the side's snapshot
 # ----------------------------------------------------------------------------------------------------------------
-
-def _error_text(exc):
-    diag = getattr(exc, 'diag', None)
-    primary = getattr(diag, 'message_primary', None) if diag is not None else None
-    text = primary or str(exc).strip() or exc.__class__.__name__
-    return text.splitlines()[0]
-
 
 class _Side:
     """The worker threads and connections of one server."""
@@ -149,7 +136,7 @@ class _Side:
             try:
                 conn = self._open()
             except Exception as exc:  # a worker that cannot connect leaves its share to the others
-                self.open_errors.append(_error_text(exc))
+                self.open_errors.append(error_text(exc))
                 return
             with self.lock:
                 self.conns.append(conn)
@@ -158,7 +145,7 @@ class _Side:
                 if self.snapshot:
                     conn.execute(sql.SQL('SET TRANSACTION SNAPSHOT {}').format(sql.Literal(self.snapshot)))
             except Exception as exc:
-                self.open_errors.append(_error_text(exc))
+                self.open_errors.append(error_text(exc))
                 return
         while True:
             _priority, _seq, task = self.queue.get()
@@ -536,7 +523,7 @@ class _Plan:
         try:
             return future.result()
         except Exception as exc:  # pylint: disable=broad-except
-            self.fail('on the %s: %s' % (label, _error_text(exc)))
+            self.fail('on the %s: %s' % (label, error_text(exc)))
             return None
 
     def evaluate(self):
@@ -716,7 +703,7 @@ class _Comparison:
         for side, future in zip(self.sides, infos):
             if future.exception() is not None:
                 raise CompareError('cannot read the catalog of database %s on the %s: %s'
-                                   % (side.dbname, side.label, _error_text(future.exception())))
+                                   % (side.dbname, side.label, error_text(future.exception())))
         src_infos, dst_infos = [f.result() for f in infos]
         for table, src_info, dst_info in zip(ordered, src_infos, dst_infos):
             plan = plans[id(table)]
@@ -747,7 +734,7 @@ class _Comparison:
             try:
                 found = merge_differences(streams[0].rows(), streams[1].rows(), nkeys, limit)
             except Exception as exc:  # pylint: disable=broad-except
-                plan.notes.append('drill-down failed: %s' % _error_text(exc))
+                plan.notes.append('drill-down failed: %s' % error_text(exc))
                 found = []
             finally:
                 stop.set()

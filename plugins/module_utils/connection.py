@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import time
 import traceback
 
 try:
@@ -26,6 +28,16 @@ except ImportError:  # pragma: no cover - exercised only on hosts without psycop
 APPLICATION_NAME = 'pgdts'
 # Sessions that write to a destination the task protects (default_transaction_read_only = on for everyone else).
 WRITER_OPTIONS = '-c default_transaction_read_only=off'
+# The settings that shape the text of a value (dates, intervals, time zones, floats, bytea, money). Every session that
+# reads or writes values as text (decoding, apply, comparison) sets them, so a value reads the same everywhere.
+VALUE_TEXT_SETTINGS = (
+    ('DateStyle', 'ISO, YMD'),
+    ('IntervalStyle', 'postgres'),
+    ('TimeZone', 'UTC'),
+    ('extra_float_digits', '3'),
+    ('bytea_output', 'hex'),
+    ('lc_monetary', 'C'),
+)
 
 # Option name -> (libpq keyword, environment variable, default)
 SERVER_KEYS = {
@@ -185,6 +197,94 @@ def classify_error(exc, spec, dbname=None):
                 return ConnectionFailure(kind, 'authentication failed for %(who)s at %(where)s' % values)
             return ConnectionFailure(kind, template % values)
     return ConnectionFailure('error', 'cannot connect to %s: %s' % (where, detail))
+
+
+def error_text(exc, detail=False):
+    """The first line of an error as a person reads it: PostgreSQL's primary message when there is one (with its
+    DETAIL when `detail`), else the first line of the exception, else its class name."""
+    diag = getattr(exc, 'diag', None)
+    primary = getattr(diag, 'message_primary', None) if diag is not None else None
+    text = (primary or str(exc)).strip()
+    text = text.splitlines()[0] if text else exc.__class__.__name__
+    extra = getattr(diag, 'message_detail', None) if detail and diag is not None else None
+    return '%s: %s' % (text, extra) if extra else text
+
+
+# -- outages: a server that went away for a moment (restart, failover, network) is waited for -----------------------
+
+# SQLSTATEs of a lost or refused connection besides class 08 (connection exception) and 57P (admin/crash shutdown,
+# cannot connect now, database dropped, idle session timeout): too many connections.
+_LOST_SQLSTATES = ('53300',)
+# ConnectionFailure kinds that may pass (the server is down, starting, full, or the network failed).
+LOST_KINDS = ('unreachable', 'timeout', 'starting_up', 'too_many_connections', 'error')
+# The same, as libpq and the client programs (pg_dump, pg_restore, psql) word it in the errors other layers wrap.
+_LOST_TEXT = re.compile(r'terminating connection due to|server closed the connection|connection is (lost|closed)|'
+                        r'Connection refused|could not connect to server|connection to server .* failed|'
+                        r'the database system is (starting up|shutting down|in recovery mode)|'
+                        r'could not (receive|send) data (from|to) (server|client)|SSL SYSCALL error|'
+                        r'no connection to the server|consuming input failed|Connection reset by peer|'
+                        r'connection timed out|canceling statement due to conflict with recovery', re.I)
+OUTAGE_NEW_AFTER = 60.0      # a failure after an attempt that ran this long (seconds) starts a new outage
+
+
+class OutageTimeout(RuntimeError):
+    """A server stayed unreachable for longer than retry_timeout."""
+
+
+def connection_lost(exc, conn=None):
+    """True when `exc` (or an error it was raised from) means a server went away, not that the data or the
+    configuration is wrong (retry later); also when `conn`, the connection it came from, is closed or broken.
+    Decoding, apply, copy and schema errors wrap the psycopg or client-program error."""
+    if conn is not None and (conn.closed or conn.broken):
+        return True
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OutageTimeout):
+            return False
+        if isinstance(exc, ConnectionFailure):
+            return exc.kind in LOST_KINDS
+        if isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror)):
+            return True
+        if psycopg is not None and isinstance(exc, psycopg.Error):
+            sqlstate = getattr(exc, 'sqlstate', None) or ''
+            if isinstance(exc, psycopg.OperationalError) and not sqlstate:
+                return True
+            if sqlstate.startswith(('08', '57P')) or sqlstate in _LOST_SQLSTATES:
+                return True
+        if _LOST_TEXT.search(str(exc)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def retry_outages(step, limit, log, wait, what, before=None, on_error=None, passthrough=()):
+    """Run `step()`; while it fails because a server went away (connection_lost), log it, `wait(seconds)` (0.5 s
+    growing to 10 s) and run it again, for up to `limit` seconds of consecutive failures, then raise OutageTimeout.
+    `before()` runs before every attempt; an error that is not an outage is raised after `on_error(exc)`; the
+    exception types in `passthrough` are raised as they are."""
+    failing_since = None
+    while True:
+        if before is not None:
+            before()
+        attempt = time.time()
+        try:
+            return step()
+        except passthrough:
+            raise
+        except Exception as exc:  # pylint: disable=broad-except
+            if not connection_lost(exc):
+                if on_error is not None:
+                    on_error(exc)
+                raise
+            if failing_since is None or time.time() - attempt > OUTAGE_NEW_AFTER:
+                failing_since = attempt      # a new outage (the last attempt ran a while)
+            waited = time.time() - failing_since
+            if waited > limit:
+                raise OutageTimeout('%sgave up after %d s of connection failures (retry_timeout %d s): %s'
+                                    % (what, waited, limit, error_text(exc)))
+            log('%sconnection problem (%s); retrying' % (what, error_text(exc)))
+            wait(min(10.0, 0.5 + waited / 4))
 
 
 def connect(spec, dbname=None, autocommit=True, application_name=APPLICATION_NAME, replication=None, **kwargs):

@@ -19,7 +19,7 @@ import subprocess
 import threading
 import time
 
-from ansible_collections.pgdts.migration.plugins.module_utils.connection import WRITER_OPTIONS, connect, sql
+from ansible_collections.pgdts.migration.plugins.module_utils.connection import WRITER_OPTIONS, connect, error_text, sql
 
 FIRST_USER_OID = 16384
 # Tables larger than this are split into block ranges of about this size, copied in parallel. Below it a table is one
@@ -471,7 +471,7 @@ class IndexBuilder:
                     except Exception as exc:  # pylint: disable=broad-except
                         if not self.stopping():
                             self.log('indexes of %d table(s) left for the post-data step: %s' % (
-                                len(batch), str(exc).strip().splitlines()[0] if str(exc).strip() else exc))
+                                len(batch), error_text(exc)))
                         continue
                     finally:
                         self._proc = None

@@ -11,12 +11,13 @@ import secrets
 import signal
 import time
 
-from ansible_collections.pgdts.migration.plugins.module_utils import catalog, proof, schema, scope, task_state
+from ansible_collections.pgdts.migration.plugins.module_utils import catalog, proof, schema, scope
 from ansible_collections.pgdts.migration.plugins.module_utils import sync_scope as scope_mod
 from ansible_collections.pgdts.migration.plugins.module_utils import worker_process as worker
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import connect, query_value, sql
+from ansible_collections.pgdts.migration.plugins.module_utils.lsn import int_to_lsn, lsn_to_int
 from ansible_collections.pgdts.migration.plugins.module_utils.task_control import TaskControlError
-from ansible_collections.pgdts.migration.plugins.module_utils.task_state import lsn_int
+
 
 
 # Backends of a fenced database that finish does not end: they do not write on their own (a walsender streams, the
@@ -164,7 +165,7 @@ class Finisher:
                                                '%s pid %s of %s' % (s['backend_type'], s['pid'], s['usename'])
                                                for s in ended if s['pid'] in left)), fenced_sessions=ended)
                 time.sleep(0.05)
-            self.fence_lsn = lsn_int(query_value(conn, 'SELECT pg_catalog.pg_current_wal_insert_lsn()::text'))
+            self.fence_lsn = lsn_to_int(query_value(conn, 'SELECT pg_catalog.pg_current_wal_insert_lsn()::text'))
             return self.fence_lsn, len(ended)
 
     def watch_fence(self):
@@ -201,7 +202,7 @@ class Finisher:
             self.watch_fence()
             time.sleep(0.1)
         with self._connect_source() as conn:
-            target = lsn_int(query_value(conn, 'SELECT pg_catalog.pg_current_wal_insert_lsn()::text'))
+            target = lsn_to_int(query_value(conn, 'SELECT pg_catalog.pg_current_wal_insert_lsn()::text'))
         self.wait_applied(store, target, int(self.params.get('wait_timeout') or 600))
 
     def fence_leaks(self, store):
@@ -228,7 +229,7 @@ class Finisher:
             for entry in writers:
                 entry['certain'] = bool(matched)
             leaks.append({'database': dbname, 'transactions': items[:20], 'transaction_count': len(items),
-                          'last_change_lsn': task_state.lsn_text(last), 'writers': writers,
+                          'last_change_lsn': int_to_lsn(last), 'writers': writers,
                           'subscriptions': subscriptions})
         return leaks
 
@@ -281,7 +282,7 @@ class Finisher:
             if task['stage'] == 'failed':
                 raise TaskControlError('task %s failed while catching up: %s' % (
                     self.name, (task['error'] or {}).get('message')), task=self.control.report(store))
-            if all(lsn_int(r['synced_lsn']) is not None and lsn_int(r['synced_lsn']) >= target for r in rows):
+            if all(lsn_to_int(r['synced_lsn']) is not None and lsn_to_int(r['synced_lsn']) >= target for r in rows):
                 return
             self.watch_fence()
             if time.time() - respawned >= 5 and not worker.worker_pid(self.control.paths):
@@ -291,7 +292,7 @@ class Finisher:
                 self.control.spawn(store)
             if time.time() >= deadline:
                 raise TaskControlError('timed out after %d s waiting for the destination to apply everything up to %s'
-                                       % (timeout, task_state.lsn_text(target)), task=self.control.report(store))
+                                       % (timeout, int_to_lsn(target)), task=self.control.report(store))
             time.sleep(0.1)
 
     def check_scope(self, store, databases):
@@ -462,7 +463,7 @@ class Finisher:
             store.set_stage(self.name, 'finishing')
             store.set_request(self.name, 'finish', target)
             self.log(store, 'finish: %s, waiting for the destination to apply up to %s' % (
-                'source fenced read-only' if fence == 'read_only' else 'no fence', task_state.lsn_text(target)))
+                'source fenced read-only' if fence == 'read_only' else 'no fence', int_to_lsn(target)))
             self.wait_applied(store, target, int(self.params.get('wait_timeout') or 600))
             if fence == 'read_only':
                 # the proof of the fence: whatever still commits in scope comes through the sync, and is named
@@ -527,7 +528,7 @@ class Finisher:
             store.set_source_fence(self.name, dict(record, kept=True))
         phase('cleanup')
         downtime = round(time.time() - started, 3) if fence == 'read_only' else None
-        finish = {'final_lsn': task_state.lsn_text(target), 'sequences': sequences, 'comparison': comparison,
+        finish = {'final_lsn': int_to_lsn(target), 'sequences': sequences, 'comparison': comparison,
                   'comparison_summary': summary, 'downtime_seconds': downtime, 'terminated_sessions': terminated,
                   'source_fenced': bool(self.fenced), 'phase_seconds': phases, 'fence_leaks': leaks,
                   'fenced_sessions': self.ended}

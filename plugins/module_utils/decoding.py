@@ -35,7 +35,9 @@ import sys
 import threading
 import time
 
-from ansible_collections.pgdts.migration.plugins.module_utils.connection import sql
+from ansible_collections.pgdts.migration.plugins.module_utils.connection import (
+    VALUE_TEXT_SETTINGS, connection_lost, error_text, sql)
+from ansible_collections.pgdts.migration.plugins.module_utils.lsn import int_to_lsn, lsn_to_int
 
 try:
     import psycopg
@@ -45,17 +47,8 @@ except ImportError:  # pragma: no cover - connection.require_psycopg() reports i
 PLUGINS = ('pgoutput', 'wal2json')
 PREFETCH_SWITCH_INTERVAL = 0.001   # seconds; sys.setswitchinterval() while a decode thread runs (default 0.005)
 
-# The settings of the reading session that shape the text of decoded values. apply.SESSION_SETTINGS mirrors them.
-READER_SETTINGS = (
-    ('client_encoding', 'UTF8'),
-    ('DateStyle', 'ISO, YMD'),
-    ('IntervalStyle', 'postgres'),
-    ('TimeZone', 'UTC'),
-    ('extra_float_digits', '3'),
-    ('bytea_output', 'hex'),
-    ('lc_monetary', 'C'),
-    ('search_path', 'pg_catalog'),
-)
+# The settings of the reading session that shape the text of decoded values (apply.SESSION_SETTINGS has them too).
+READER_SETTINGS = (('client_encoding', 'UTF8'),) + VALUE_TEXT_SETTINGS + (('search_path', 'pg_catalog'),)
 
 _PG_EPOCH = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
 _EMPTY = frozenset()
@@ -96,29 +89,6 @@ def gc_paused():
             _GcPause.depth -= 1
             if _GcPause.depth == 0 and _GcPause.was_enabled:
                 gc.enable()
-
-
-# -- LSNs ----------------------------------------------------------------------------------------------------------
-
-def lsn_to_int(text):
-    """'16/B374D848' -> 97500059720. None stays None; an int is returned as it is."""
-    if text is None or isinstance(text, int):
-        return text
-    text = str(text).strip()
-    high, sep, low = text.partition('/')
-    if not sep:
-        raise ValueError('not an LSN: %r' % text)
-    return (int(high, 16) << 32) | int(low, 16)
-
-
-def int_to_lsn(value):
-    """97500059720 -> '16/B374D848'."""
-    if value is None:
-        return None
-    value = int(value)
-    if value < 0:
-        raise ValueError('an LSN cannot be negative: %r' % value)
-    return '%X/%X' % (value >> 32, value & 0xFFFFFFFF)
 
 
 # -- the change model ----------------------------------------------------------------------------------------------
@@ -255,9 +225,9 @@ def create_slot_with_snapshot(repl_conn, slot_name, plugin, temporary=False):
         except psycopg.errors.DuplicateObject:
             raise DecodeError('replication slot "%s" already exists' % slot_name) from None
         except psycopg.Error as exc:
-            if is_connection_problem(exc, repl_conn):
+            if connection_lost(exc, repl_conn):
                 raise
-            raise DecodeError('cannot create replication slot "%s": %s' % (slot_name, _pg_message(exc))) from None
+            raise DecodeError('cannot create replication slot "%s": %s' % (slot_name, error_text(exc))) from None
         row = cur.fetchone()
     return lsn_to_int(row[1]), row[2]
 
@@ -302,22 +272,6 @@ def drop_slot(conn, slot_name, missing_ok=True, timeout=30.0):
         if time.monotonic() > deadline:
             raise DecodeError('replication slot "%s" is still in use after %.0f s' % (slot_name, timeout))
         time.sleep(0.1)
-
-
-def is_connection_problem(exc, conn=None):
-    """Whether a psycopg error means the connection or server went away (retry later) rather than a SQL error."""
-    if conn is not None and (conn.closed or conn.broken):
-        return True
-    sqlstate = getattr(exc, 'sqlstate', None)
-    if not sqlstate:
-        return isinstance(exc, psycopg.OperationalError)
-    return sqlstate.startswith('08') or sqlstate.startswith('57P')
-
-
-def _pg_message(exc):
-    diag = getattr(exc, 'diag', None)
-    primary = getattr(diag, 'message_primary', None) if diag is not None else None
-    return primary or str(exc).strip().splitlines()[0]
 
 
 # -- pgoutput --------------------------------------------------------------------------------------------------------
@@ -772,13 +726,13 @@ class SlotReader(_Reader):
         try:
             cursor.execute(self._peek_query(), (int_to_lsn(upto_lsn), limit))
         except psycopg.Error as exc:
-            if is_connection_problem(exc, self.conn):
+            if connection_lost(exc, self.conn):
                 raise
             try:
                 cursor.close()
             except psycopg.Error:
                 pass
-            text = _pg_message(exc)
+            text = error_text(exc)
             if self.plugin == 'wal2json' and self.numeric_as_string and 'numeric-data-types-as-string' in text:
                 self.numeric_as_string = False    # an older wal2json: NULLs in numeric columns are refused instead
                 return self._open_window(upto_lsn, limit)
@@ -1060,7 +1014,7 @@ class StreamReader(_Reader):
                 pass
             if pgconn.status != psycopg.pq.ConnStatus.OK:
                 raise error
-            text = _pg_message(error)
+            text = error_text(error)
             if self.plugin == 'wal2json' and self.numeric_as_string and 'numeric-data-types-as-string' in text:
                 self.numeric_as_string = False    # an older wal2json: NULLs in numeric columns are refused instead
                 self._parser = Wal2JsonParser(False, self.tables)

@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: pgdts developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""pg_hba.conf: parse the rules into objects, and make sure the entries a migration needs are effective.
+"""pg_hba.conf: parse the rules into objects, make sure the entries a migration needs are effective, and replace the
+file on the database host (backup, atomic write, roll back when the server rejects the new file).
 
 PostgreSQL uses the first rule that matches a connection (type, database, user, client address). An entry is
 effective when the first rule that can match any connection it describes covers all of them with the same method
@@ -14,7 +15,18 @@ Plain Python (no Ansible imports).
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import shutil
+import time
+
+from ansible_collections.pgdts.migration.plugins.module_utils import files
+from ansible_collections.pgdts.migration.plugins.module_utils.connection import query_all
+
+try:
+    import psycopg
+except ImportError:  # pragma: no cover - connection.require_psycopg() reports it
+    psycopg = None
 
 HOST_TYPES = ('host', 'hostssl', 'hostnossl', 'hostgssenc', 'hostnogssenc')
 RULE_TYPES = ('local',) + HOST_TYPES
@@ -426,3 +438,51 @@ def ensure_entries(text, entries):
         if change:
             changes.append(change)
     return (hba.render() if changes else text), changes
+
+
+# -- the file on the database host ----------------------------------------------------------------------------------
+
+def read_file(path):
+    """The text of the pg_hba.conf at `path` (HbaError 'unreadable' when it cannot be read here)."""
+    try:
+        with open(path, 'r') as handle:
+            return handle.read()
+    except OSError as exc:
+        raise HbaError('unreadable', 'cannot read %s: %s (the module must run on the database host)' % (path, exc))
+
+
+def backup_file(path):
+    """A copy of `path` beside it, with its mode, owner and times (as Ansible's backup_local names and makes it)."""
+    backup = '%s.%s.%s' % (path, os.getpid(), time.strftime('%Y-%m-%d@%H:%M:%S~', time.localtime()))
+    shutil.copy2(path, backup)
+    stat = os.stat(path)
+    if os.geteuid() == 0:
+        os.chown(backup, stat.st_uid, stat.st_gid)
+    return backup
+
+
+def write_file(path, text):
+    """Replace `path` atomically (fsynced), keeping its mode and owner."""
+    stat = os.stat(path)
+    files.write_atomic(path, text, mode=stat.st_mode & 0o7777, uid=stat.st_uid, gid=stat.st_gid, durable=True)
+
+
+def file_errors(conn):
+    """Lines of the file on disk the server cannot use (pg_hba_file_rules reads the file now); None if unreadable."""
+    try:
+        return query_all(conn, 'SELECT line_number, error FROM pg_catalog.pg_hba_file_rules WHERE error IS NOT NULL '
+                               'ORDER BY line_number')
+    except psycopg.errors.InsufficientPrivilege:
+        return None
+
+
+def restore_if_rejected(conn, path, old_text, errors_before, reload):
+    """After a reload of a new file: if the server finds more errors in it than in the old one, put the old file back,
+    `reload(conn)` again and raise HbaError 'rejected'."""
+    errors = file_errors(conn)
+    if errors is None or errors_before is None or len(errors) <= len(errors_before):
+        return
+    write_file(path, old_text)
+    reload(conn)
+    raise HbaError('rejected', 'the server rejected the new %s (%s); the previous file was put back' % (
+        path, '; '.join('line %s: %s' % (n, e) for n, e in errors)))

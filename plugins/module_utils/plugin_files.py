@@ -25,7 +25,7 @@ import tarfile
 import uuid
 import zipfile
 
-from ansible_collections.pgdts.migration.plugins.module_utils.connection import query_all, query_value
+from ansible_collections.pgdts.migration.plugins.module_utils.connection import error_text, query_all, query_value
 
 try:
     import psycopg
@@ -466,9 +466,9 @@ def probe_load(conn, plugin, timeout_s=30):
                       'transactions' % (plugin, timeout_s))
     except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ConfigurationLimitExceeded,
             psycopg.errors.ObjectNotInPrerequisiteState) as exc:
-        return None, 'could not prove that %s loads: %s' % (plugin, str(exc).strip().splitlines()[0])
+        return None, 'could not prove that %s loads: %s' % (plugin, error_text(exc))
     except psycopg.Error as exc:
-        return False, 'plugin %s does not load: %s' % (plugin, str(exc).strip().splitlines()[0])
+        return False, 'plugin %s does not load: %s' % (plugin, error_text(exc))
     finally:
         try:
             conn.execute('RESET statement_timeout')

@@ -32,7 +32,7 @@ import json
 
 from ansible_collections.pgdts.migration.plugins.module_utils import catalog, compare as compare_mod, schema
 from ansible_collections.pgdts.migration.plugins.module_utils import scope as scope_mod
-from ansible_collections.pgdts.migration.plugins.module_utils.connection import connect, query_all
+from ansible_collections.pgdts.migration.plugins.module_utils.connection import connect, error_text, query_all
 
 APPLICATION_NAME = 'pgdts-compare'
 
@@ -213,7 +213,7 @@ class _Side:
                     rows = query_all(conn, _LARGE_OBJECTS_SQL if mode == 'checksum' else _LARGE_OBJECTS_LIST_SQL)
                 self.large_objects = {oid: (owner, digest, size) for oid, owner, digest, size in rows}
             except Exception as exc:  # pylint: disable=broad-except
-                self.large_object_error = compare_mod._error_text(exc)  # pylint: disable=protected-access
+                self.large_object_error = error_text(exc)
 
     def sequence_values(self, conn, names):
         present = [n for n in names if n in self.sequence_names]

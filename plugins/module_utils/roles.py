@@ -19,7 +19,7 @@ Plain Python (no Ansible imports).
 from __future__ import annotations
 
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import (
-    WRITER_OPTIONS, connect, query_all, query_one, query_value, scrub,
+    WRITER_OPTIONS, connect, error_text, query_all, query_one, query_value, scrub,
 )
 
 try:
@@ -302,8 +302,7 @@ def _execute(conn, statement, what, secrets):
     try:
         conn.execute(statement)
     except psycopg.Error as exc:
-        text = str(exc).strip()
-        detail = scrub(text.splitlines()[0] if text else exc.__class__.__name__, secrets)
+        detail = scrub(error_text(exc), secrets)
         raise RolesError('migrate_roles: %s on the destination failed: %s. No role was created.' % (what, detail)) \
             from exc
 

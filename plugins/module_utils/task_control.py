@@ -12,9 +12,10 @@ import time
 from ansible_collections.pgdts.migration.plugins.module_utils import catalog, schema, task_state
 from ansible_collections.pgdts.migration.plugins.module_utils import worker_process as worker
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import (
-    ConnectionFailure, connect, query_value,
+    ConnectionFailure, connect, error_text, query_value,
 )
-from ansible_collections.pgdts.migration.plugins.module_utils.task_state import TaskStore, lsn_int
+from ansible_collections.pgdts.migration.plugins.module_utils.lsn import lsn_to_int
+from ansible_collections.pgdts.migration.plugins.module_utils.task_state import TaskStore
 
 # Options that define what a task migrates: a re-run with other values names a different task.
 IDENTITY_KEYS = ('tables', 'exclude_tables', 'plugin', 'incremental')
@@ -32,6 +33,58 @@ class TaskControlError(Exception):
 
 def _role_failure(role, exc):
     return TaskControlError('%s: %s' % (role, exc.message), failure=exc.kind)
+
+
+def first_stage(start_at):
+    """The stage a new task is created in."""
+    return 'scheduled' if start_at else 'schema'
+
+
+def ensure_action(task, worker_running):
+    """What state=present does with the task as it is (its row, or None): 'start' (no task, or a cancelled one),
+    'none' (finished), 'reported' (its worker runs), 'refused' (failed because its slot is lost: a resume would lose
+    the changes since the last sync) or 'resume' (stopped or failed: a new worker carries on)."""
+    if not task or task['stage'] == 'cancelled':
+        return 'start'
+    if task['stage'] == 'finished':
+        return 'none'
+    if worker_running:
+        return 'reported'
+    if task['stage'] == 'failed' and (task['error'] or {}).get('type') == 'SlotInvalidated':
+        return 'refused'
+    return 'resume'
+
+
+def open_store(destination, create):
+    """The task store on the destination (None when there is no state database and not `create`); a login that may
+    not use it fails with a TaskControlError that says so."""
+    import psycopg
+    store = TaskStore(destination, 'pgdts-module')
+    try:
+        if not store.open(create=create):
+            return None
+        if store.has_tables():
+            store.check_access()
+    except ConnectionFailure as exc:
+        store.close()
+        raise _role_failure('destination', exc)
+    except psycopg.Error as exc:
+        store.close()
+        detail = error_text(exc)
+        raise TaskControlError('destination: user "%s" cannot use the task state (database %s, schema %s): %s; '
+                               'connect as the role that runs the migrations, or a superuser' % (
+                                   destination.user, task_state.STATE_DATABASE, task_state.STATE_SCHEMA,
+                                   detail), failure='state_access')
+    return store
+
+
+def source_lsn(source):
+    """The source's current flush LSN (int), None when the source cannot be reached."""
+    try:
+        with connect(source, application_name='pgdts-module') as conn:
+            return lsn_to_int(query_value(conn, 'SELECT pg_catalog.pg_current_wal_flush_lsn()::text'))
+    except ConnectionFailure:
+        return None
 
 
 class TaskControl:
@@ -56,31 +109,10 @@ class TaskControl:
 
     # -- helpers -------------------------------------------------------------------------------------------------
     def open_store(self, create):
-        import psycopg
-        store = TaskStore(self.destination, 'pgdts-module')
-        try:
-            if not store.open(create=create):
-                return None
-            if store.has_tables():
-                store.conn.execute('SELECT 1 FROM pgdts.task LIMIT 0')
-        except ConnectionFailure as exc:
-            store.close()
-            raise _role_failure('destination', exc)
-        except psycopg.Error as exc:
-            store.close()
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-            raise TaskControlError('destination: user "%s" cannot use the task state (database %s, schema %s): %s; '
-                                   'connect as the role that runs the migrations, or a superuser' % (
-                                       self.destination.user, task_state.STATE_DATABASE, task_state.STATE_SCHEMA,
-                                       detail), failure='state_access')
-        return store
+        return open_store(self.destination, create)
 
     def source_lsn(self):
-        try:
-            with connect(self.source, application_name='pgdts-module') as conn:
-                return lsn_int(query_value(conn, 'SELECT pg_catalog.pg_current_wal_flush_lsn()::text'))
-        except ConnectionFailure:
-            return None
+        return source_lsn(self.source)
 
     def report(self, store, include_tables=True):
         lsn = self.source_lsn()
@@ -157,13 +189,14 @@ class TaskControl:
         task = store.get_task(self.name) if store else None
         if task and task['stage'] != 'cancelled':
             self.check_identity(task)
-            if task['stage'] == 'finished':
+            pid = worker.worker_pid(self.paths) if task['stage'] != 'finished' else None
+            action = ensure_action(task, bool(pid))
+            if action == 'none':
                 return self.result(store, False, 'none', 'task %s is finished' % self.name)
-            pid = worker.worker_pid(self.paths)
-            if pid:
+            if action == 'reported':
                 return self.result(store, False, 'reported', 'task %s is running (worker pid %s)' % (self.name, pid))
             before = task['stage']
-            if before == 'failed' and (task['error'] or {}).get('type') == 'SlotInvalidated':
+            if action == 'refused':
                 # the changes since the last sync are gone from the source: a resume would silently lose them
                 raise TaskControlError('task %s cannot be resumed: %s' % (self.name, task['error'].get('message')),
                                        task=self.report(store))
@@ -188,16 +221,16 @@ class TaskControl:
             raise TaskControlError('task %s not started: %d check(s) failed: %s' % (
                 self.name, len(failed), '; '.join('%s: %s' % (c['id'], c['message']) for c in failed)),
                 checks=items, summary=checks_mod.summarize(items))
+        stage = first_stage(start_at)
         if self.check_mode:
             return {'changed': True, 'action': 'started', 'msg': 'task %s would be started' % self.name,
-                    'checks': items, 'task': None, 'diff': {'before': {'stage': None}, 'after': {'stage': 'schema'}}}
+                    'checks': items, 'task': None, 'diff': {'before': {'stage': None}, 'after': {'stage': stage}}}
         store = store or self.open_store(create=True)
-        if store.conn is None or not store.has_tables():
+        if not store.is_open() or not store.has_tables():
             store.close()
             store = self.open_store(create=True)
         if task and task['stage'] == 'cancelled':
             store.delete_task(self.name)
-        stage = 'scheduled' if start_at else 'schema'
         import psycopg
         try:
             store.create_task(self.name, self.spec(databases, start_at), stage)
@@ -229,7 +262,7 @@ class TaskControl:
                 if stage == 'sync':
                     if goal_lsn is None:
                         goal_lsn = self.source_lsn()
-                    synced = [lsn_int(d['synced_lsn']) for d in report['databases']]
+                    synced = [lsn_to_int(d['synced_lsn']) for d in report['databases']]
                     if goal_lsn is not None and synced and all(s is not None and s >= goal_lsn for s in synced):
                         break
             if time.time() >= deadline:
@@ -301,16 +334,15 @@ class TaskControl:
 
 def task_infos(source, destination, name, worker_dir, include_tables):
     """Reports of one task (name) or of all tasks on the destination; never changes anything."""
-    probe = TaskControl({'name': name or 'x', 'worker_dir': worker_dir}, source, destination)
-    store = probe.open_store(create=False)
+    store = open_store(destination, create=False)
     if store is None or not store.has_tables():
         return []
     try:
         if name:
             names = [name] if store.get_task(name) else []
         else:
-            names = [r[0] for r in store.conn.execute('SELECT name FROM pgdts.task ORDER BY name').fetchall()]
-        lsn = probe.source_lsn() if source.host or source.port else None
+            names = store.task_names()
+        lsn = source_lsn(source) if source.host or source.port else None
         out = []
         for task_name in names:
             databases = [d['dbname'] for d in store.databases(task_name)]

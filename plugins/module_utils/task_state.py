@@ -56,6 +56,7 @@ import json  # noqa: E402
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import (  # noqa: E402
     WRITER_OPTIONS, connect, query_all, query_one, sql,
 )
+from ansible_collections.pgdts.migration.plugins.module_utils.lsn import int_to_lsn, lsn_to_int  # noqa: E402
 
 _STATE_DDL = (
     "CREATE SCHEMA IF NOT EXISTS pgdts",
@@ -132,24 +133,24 @@ _STATE_DDL_LOCK = 0x7067647473
 _FINISH_LOCK_CLASS = 0x70676466      # 'pgdf': advisory locks (class, key) of pg_dts_finish, one key per task
 
 
+def parse_time(value):
+    """A start_at value (ISO 8601; a time without zone is local time) as an aware UTC datetime; None stays None."""
+    if not value:
+        return None
+    if isinstance(value, datetime.datetime):
+        parsed = value
+    else:
+        text = str(value).strip().replace('Z', '+00:00')
+        parsed = datetime.datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.astimezone()
+    return parsed.astimezone(datetime.timezone.utc)
+
+
 def _lock_key(task):
     """A stable int4 key of a task name."""
     value = zlib.crc32(task.encode('utf-8'))
     return value - (1 << 32) if value >= (1 << 31) else value
-
-
-def lsn_text(value):
-    """int -> 'X/Y' (None stays None)."""
-    if value is None:
-        return None
-    return '%X/%X' % (value >> 32, value & 0xFFFFFFFF)
-
-
-def lsn_int(text):
-    if text is None:
-        return None
-    high, low = str(text).split('/')
-    return (int(high, 16) << 32) + int(low, 16)
 
 
 class TaskStore:
@@ -223,8 +224,19 @@ class TaskStore:
     def __exit__(self, *exc):
         self.close()
 
+    def is_open(self):
+        """Whether the store has a connection that was not closed (it may still have broken since)."""
+        return self.conn is not None and not self.conn.closed
+
     def has_tables(self):
         return bool(query_one(self.conn, "SELECT to_regclass('pgdts.task') IS NOT NULL")[0])
+
+    def check_access(self):
+        """Raise the psycopg error when this login may not read the task table."""
+        self.conn.execute('SELECT 1 FROM pgdts.task LIMIT 0')
+
+    def task_names(self):
+        return [r[0] for r in query_all(self.conn, 'SELECT name FROM pgdts.task ORDER BY name')]
 
     # -- tasks ---------------------------------------------------------------------------------------------------
     def get_task(self, name):
@@ -260,7 +272,7 @@ class TaskStore:
 
     def set_request(self, name, request, lsn=None):
         self.conn.execute('UPDATE pgdts.task SET request = %s, request_lsn = %s::pg_lsn WHERE name = %s',
-                          (request, lsn_text(lsn) if isinstance(lsn, int) else lsn, name))
+                          (request, int_to_lsn(lsn) if isinstance(lsn, int) else lsn, name))
 
     def set_started(self, name):
         self.conn.execute('UPDATE pgdts.task SET started_at = coalesce(started_at, now()) WHERE name = %s', (name,))
@@ -305,7 +317,7 @@ class TaskStore:
         """{dbname: (last_change_lsn int or None, [leaks])}."""
         rows = query_all(self.conn, 'SELECT dbname, last_change_lsn::text, fence_leaks FROM pgdts.task_database '
                                     'WHERE task = %s', (task,))
-        return {r[0]: (lsn_int(r[1]), list(r[2] or [])) for r in rows}
+        return {r[0]: (lsn_to_int(r[1]), list(r[2] or [])) for r in rows}
 
     def save_destination_setting(self, task, dbname, previous):
         """Keep the destination database's own default_transaction_read_only before the worker protects it (only
@@ -350,7 +362,7 @@ class TaskStore:
                  'last_change_lsn': '::pg_lsn'}
         assignments = sql.SQL(', ').join(
             sql.SQL('{} = %s' + casts.get(key, '')).format(sql.Identifier(key)) for key in values)
-        params = [lsn_text(v) if k in casts and isinstance(v, int) else
+        params = [int_to_lsn(v) if k in casts and isinstance(v, int) else
                   json.dumps(v) if k == 'existing_objects' and v is not None else v for k, v in values.items()]
         self.conn.execute(sql.SQL('UPDATE pgdts.task_database SET {} WHERE task = %s AND dbname = %s').format(assignments),
                           params + [task, dbname])
@@ -402,7 +414,7 @@ class TaskStore:
         self.conn.execute("UPDATE pgdts.task_table SET state = 'copied', rows = %s, bytes = %s, copy_lsn = %s::pg_lsn, "
                           "finished_at = now() "
                           "WHERE task = %s AND dbname = %s AND schema_name = %s AND table_name = %s",
-                          (rows, nbytes, lsn_text(copy_lsn), task, dbname, table.schema, table.name))
+                          (rows, nbytes, int_to_lsn(copy_lsn), task, dbname, table.schema, table.name))
 
     def tables_copied(self, task, dbname, copied, copy_lsn):
         """table_copied for several tables in one statement; copied = [(table, rows, bytes)]."""
@@ -414,7 +426,7 @@ class TaskStore:
                           "AS c(schema_name, table_name, rows, bytes) "
                           "WHERE t.task = %s AND t.dbname = %s AND t.schema_name = c.schema_name "
                           "AND t.table_name = c.table_name",
-                          (lsn_text(copy_lsn), [t.schema for t, _r, _b in copied], [t.name for t, _r, _b in copied],
+                          (int_to_lsn(copy_lsn), [t.schema for t, _r, _b in copied], [t.name for t, _r, _b in copied],
                            [r for _t, r, _b in copied], [b for _t, _r, b in copied], task, dbname))
 
     def reset_unfinished_tables(self, task, dbname):
@@ -462,8 +474,8 @@ def task_report(store, name, source_lsns=None, include_tables=True):
                            'rows': t['rows'], 'bytes': t['bytes'], 'percent': pct, 'copy_lsn': t['copy_lsn']})
     sync = []
     for d in databases:
-        synced = lsn_int(d['synced_lsn'])
-        current = (source_lsns or {}).get(d['dbname']) or lsn_int(d['source_lsn'])
+        synced = lsn_to_int(d['synced_lsn'])
+        current = (source_lsns or {}).get(d['dbname']) or lsn_to_int(d['source_lsn'])
         lag_bytes = max(0, current - synced) if synced is not None and current is not None else None
         lag_seconds = None
         if synced is not None:
@@ -474,7 +486,7 @@ def task_report(store, name, source_lsns=None, include_tables=True):
             elif d['caught_up_at'] is not None:
                 lag_seconds = round(max(0.0, (now - d['caught_up_at']).total_seconds()), 3)
         sync.append({'database': d['dbname'], 'slot': d['object_name'], 'synced_lsn': d['synced_lsn'],
-                     'source_lsn': lsn_text(current) if current is not None else None, 'lag_bytes': lag_bytes,
+                     'source_lsn': int_to_lsn(current) if current is not None else None, 'lag_bytes': lag_bytes,
                      'lag_seconds': lag_seconds, 'applied_transactions': d['applied_transactions'],
                      'applied_changes': d['applied_changes'], 'transactions_per_second': round(d['tps'] or 0.0, 1),
                      'last_commit_time': _iso(d['last_commit_time'])})

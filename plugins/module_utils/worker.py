@@ -25,10 +25,11 @@ import traceback
 
 from ansible_collections.pgdts.migration.plugins.module_utils import catalog, schema, sync_scope as scope, task_state
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import (
-    WRITER_OPTIONS, ConnectionFailure, ServerSpec, connect, query_value, sql,
+    LOST_KINDS, WRITER_OPTIONS, ConnectionFailure, ServerSpec, connect, error_text, query_value, retry_outages, sql,
 )
 from ansible_collections.pgdts.migration.plugins.module_utils.copy import ParallelCopy, plan_items, table_pages
-from ansible_collections.pgdts.migration.plugins.module_utils.task_state import TaskStore, lsn_int, lsn_text
+from ansible_collections.pgdts.migration.plugins.module_utils.lsn import int_to_lsn, lsn_to_int
+from ansible_collections.pgdts.migration.plugins.module_utils.task_state import TaskStore
 from ansible_collections.pgdts.migration.plugins.module_utils.worker_process import (
     TaskPaths, database_settings, release_task_objects, remove_credentials,
 )
@@ -44,61 +45,16 @@ FENCE_REPORTED = 200
 # ---------------------------------------------------------------------------------------------------------------
 # Outages: a server that went away for a moment (restart, failover, network) is waited for, within retry_timeout
 
-# SQLSTATEs of a lost or refused connection: connection exceptions, admin/crash shutdown, cannot connect now, too many
-# connections.
-_LOST_SQLSTATES = ('57P01', '57P02', '57P03', '53300')
-_LOST_KINDS = ('unreachable', 'timeout', 'starting_up', 'too_many_connections', 'error')
 # The source refuses the sync a replication connection (role, pg_hba.conf, max_wal_senders): read through SQL instead.
 _REPLICATION_REFUSED = re.compile(r'must be superuser or replication role|permission denied to start WAL sender|'
                                   r'REPLICATION attribute|exceeds max_wal_senders|'
                                   r'(no pg_hba\.conf entry for|pg_hba\.conf rejects) replication connection',
                                   re.I)
-# The same, as libpq and the client programs (pg_dump, pg_restore, psql) word it in the errors other layers wrap.
-_LOST_TEXT = re.compile(r'terminating connection due to|server closed the connection|connection is (lost|closed)|'
-                        r'Connection refused|could not connect to server|connection to server .* failed|'
-                        r'the database system is (starting up|shutting down|in recovery mode)|'
-                        r'could not (receive|send) data (from|to) (server|client)|SSL SYSCALL error|'
-                        r'no connection to the server|consuming input failed|Connection reset by peer|'
-                        r'connection timed out|canceling statement due to conflict with recovery', re.I)
-
-
-class OutageTimeout(RuntimeError):
-    """A server stayed unreachable for longer than retry_timeout."""
 
 
 class SlotInvalidated(RuntimeError):
     """The task's replication slot is gone or was invalidated: the changes since the last sync cannot be read again,
     so the task cannot continue (resuming would lose data). The message says what to do."""
-
-
-def connection_lost(exc):
-    """True when `exc` (or an error it was raised from) means a server went away, not that the data or the
-    configuration is wrong. Decoding, apply, copy and schema errors wrap the psycopg or client-program error."""
-    import psycopg
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OutageTimeout):
-            return False
-        if isinstance(exc, ConnectionFailure):
-            return exc.kind in _LOST_KINDS
-        if isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror)):
-            return True
-        if isinstance(exc, psycopg.Error):
-            sqlstate = getattr(exc, 'sqlstate', None) or ''
-            if isinstance(exc, psycopg.OperationalError) and not sqlstate:
-                return True
-            if sqlstate.startswith('08') or sqlstate in _LOST_SQLSTATES:
-                return True
-        if _LOST_TEXT.search(str(exc)):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def first_line(exc):
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else exc.__class__.__name__
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -110,6 +66,33 @@ class Cancelled(Exception):
 
 class Stopped(Exception):
     pass
+
+
+def resume_stage(task):
+    """The stage a failed task is resumed at: the stage it failed in."""
+    return (task['error'] or {}).get('stage') or 'schema'
+
+
+def worker_steps(stage, incremental=True):
+    """What a worker does, in order, for a task in `stage`: ('stage', name) records the task's stage, ('step', name)
+    runs that TaskRunner step (each resumes where an interrupted run stopped)."""
+    steps = []
+    if stage == 'scheduled':
+        steps += [('step', 'wait_for_start'), ('stage', 'schema')]
+        stage = 'schema'
+    steps.append(('step', 'set_started'))
+    if stage in ('schema', 'copy'):
+        steps += [('step', 'initial_load'), ('stage', 'index')]
+        stage = 'index'
+    if stage == 'index':
+        steps.append(('step', 'build_indexes'))
+        if not incremental:
+            return steps + [('step', 'end_without_sync')]
+        steps.append(('stage', 'sync'))
+        stage = 'sync'
+    if stage in ('sync', 'finishing'):
+        steps.append(('step', 'sync'))
+    return steps
 
 
 class TaskRunner:
@@ -146,14 +129,14 @@ class TaskRunner:
         store = TaskStore(self.destination, 'pgdts-worker-watch')
         while not self.stop_event.is_set():
             try:
-                if store.conn is None:
+                if not store.is_open():
                     store.open(create=False)
                 task = store.get_task(self.name)
                 if task is None:
                     self.request = 'cancel'
                 else:
                     self.request = task['request']
-                    self.request_lsn = lsn_int(task['request_lsn'])
+                    self.request_lsn = lsn_to_int(task['request_lsn'])
                 if self.request in ('cancel', 'stop') and not self.stop_event.is_set():
                     self.log('%s requested' % self.request)
                     self.stop_event.set()
@@ -162,7 +145,7 @@ class TaskRunner:
                     store.heartbeat(self.name, socket.gethostname(), os.getpid())
                     beat = now
             except Exception as exc:  # pylint: disable=broad-except
-                self.log('state database unavailable: %s' % str(exc).strip().splitlines()[0])
+                self.log('state database unavailable: %s' % error_text(exc))
                 store.close()
             self.stop_event.wait(WATCH_SECONDS)
         store.close()
@@ -185,37 +168,28 @@ class TaskRunner:
             self.log('task %s is %s; nothing to do' % (self.name, stage))
             return 0
         if stage == 'failed':
-            stage = (task['error'] or {}).get('stage') or 'schema'
+            stage = resume_stage(task)
             self.store.set_stage(self.name, stage, clear_error=True)
             self.event('resuming after failure at stage %s' % stage)
         self._watch = threading.Thread(target=self._watcher, name='watch', daemon=True)
         self._watch.start()
         try:
-            if stage == 'scheduled':
-                self.wait_for_start()
-                stage = 'schema'
-                self.retrying(self.store.set_stage, self.name, stage)
-            self.retrying(self.store.set_started, self.name)
-            if stage in ('schema', 'copy'):
-                self.retrying(self.initial_load)
-                stage = 'index'
-                self.retrying(self.store.set_stage, self.name, stage)
-            if stage == 'index':
-                self.retrying(self.build_indexes)
-                if self.spec.get('incremental', True):
-                    stage = 'sync'
+            for kind, what in worker_steps(stage, self.spec.get('incremental', True)):
+                if kind == 'stage':
+                    stage = what
                     self.retrying(self.store.set_stage, self.name, stage)
+                elif what == 'wait_for_start':
+                    self.wait_for_start()
+                elif what == 'set_started':
+                    self.retrying(self.store.set_started, self.name)
                 else:
-                    self.retrying(self.end_without_sync)
-                    return 0
-            if stage in ('sync', 'finishing'):
-                self.retrying(self.sync)
+                    self.retrying(getattr(self, what))
         except Cancelled:
             self.event('cancel requested: worker stopped')
         except Stopped:
             self.event('stop requested: worker stopped')
         except Exception as exc:  # pylint: disable=broad-except
-            self.log('FAILED: %s\n%s' % (first_line(exc), traceback.format_exc()))
+            self.log('FAILED: %s\n%s' % (error_text(exc), traceback.format_exc()))
             for attempt in range(3):
                 try:
                     self.reopen_store(force=attempt > 0)   # its connection may have died with the destination
@@ -225,7 +199,7 @@ class TaskRunner:
                     self.store.add_log(self.name, 'failed: %s' % error['message'])
                     break
                 except Exception as record_exc:  # pylint: disable=broad-except
-                    self.log('could not record the failure in the state database: %s' % first_line(record_exc))
+                    self.log('could not record the failure in the state database: %s' % error_text(record_exc))
                     time.sleep(1.0)
             return 1
         finally:
@@ -235,7 +209,7 @@ class TaskRunner:
 
     def reopen_store(self, force=False):
         """Connect the state store again when its connection was lost (the destination restarted)."""
-        if force or self.store.conn is None or self.store.conn.closed:
+        if force or not self.store.is_open():
             self.store.close()
             self.store.open(create=False)
 
@@ -243,27 +217,14 @@ class TaskRunner:
         """Run one step; when a server went away (restart, failover, network) wait and run it again, for up to
         retry_timeout seconds of consecutive failures. Every step resumes where an interrupted attempt stopped (copied
         tables are kept, schema and index steps restart cleanly), exactly as after a worker restart."""
-        limit = float(self.spec.get('retry_timeout') or 600)
-        failing_since = None
-        while True:
-            self.check_stop()
-            attempt = time.time()
-            try:
-                self.reopen_store()
-                return step(*args)
-            except (Cancelled, Stopped):
-                raise
-            except Exception as exc:  # pylint: disable=broad-except
-                if not connection_lost(exc):
-                    raise
-                if failing_since is None or time.time() - attempt > 60:
-                    failing_since = attempt      # a new outage (the last attempt ran a while)
-                waited = time.time() - failing_since
-                if waited > limit:
-                    raise OutageTimeout('gave up after %d s of connection failures (retry_timeout %d s): %s'
-                                        % (waited, limit, first_line(exc)))
-                self.log('%s: connection problem (%s); retrying' % (getattr(step, '__name__', 'step'), first_line(exc)))
-                self.stop_event.wait(min(10.0, 0.5 + waited / 4))
+        def attempt():
+            self.reopen_store()
+            return step(*args)
+
+        what = getattr(step, '__name__', 'step')
+        return retry_outages(attempt, float(self.spec.get('retry_timeout') or 600),
+                             lambda message: self.log('%s: %s' % (what, message)), self.stop_event.wait, '',
+                             before=self.check_stop, passthrough=(Cancelled, Stopped))
 
     def wait_for_start(self):
         start_at = task_state.parse_time(self.spec.get('start_at'))
@@ -342,7 +303,7 @@ class TaskRunner:
         try:
             lsn, snapshot = decoding.create_slot_with_snapshot(repl, name, plugin)
             self.store.update_database(self.name, dbname, slot_lsn=lsn)
-            self.event('database "%s": slot %s created at %s' % (dbname, name, lsn_text(lsn)))
+            self.event('database "%s": slot %s created at %s' % (dbname, name, int_to_lsn(lsn)))
             dump_path = schema.temp_dump_path(self.paths.work, task_state.database_tag(dbname))
             whole = not self.spec.get('tables') and not self.spec.get('exclude_tables')
             schema.dump_schema(self.source, dbname, snapshot, schema.dump_arguments(all_tables, chosen, whole), dump_path,
@@ -482,7 +443,7 @@ class TaskRunner:
             try:
                 copied.flush()      # what was copied stays copied
             except Exception as exc:  # pylint: disable=broad-except
-                self.log('could not record copied tables: %s' % first_line(exc))
+                self.log('could not record copied tables: %s' % error_text(exc))
             self.check_stop()
             raise
         try:
@@ -680,22 +641,9 @@ class SyncLoop:
         return metas
 
     def run(self):
-        failing_since = None
-        while True:
-            self.runner.check_stop()
-            attempt = time.time()
-            try:
-                self.session()
-                return
-            except (Cancelled, Stopped):
-                raise
-            except Exception as exc:  # pylint: disable=broad-except
-                if not connection_lost(exc):
-                    self.check_slot(exc)
-                    raise
-                if failing_since is None or time.time() - attempt > 60:
-                    failing_since = attempt      # a new outage (the last session ran a while)
-                self._outage(exc, failing_since)
+        retry_outages(self.session, self.max_retry_seconds, self.runner.log, self.runner.stop_event.wait,
+                      'database "%s": ' % self.dbname, before=self.runner.check_stop, on_error=self.check_slot,
+                      passthrough=(Cancelled, Stopped))
 
     def check_slot(self, exc):
         """After a sync error: raise SlotInvalidated (from exc) when the task's slot was dropped or invalidated."""
@@ -724,15 +672,6 @@ class SyncLoop:
                 'reachable so that the slot is not invalidated again.' % (self.name, self.dbname, keep, row[2], todo)) \
                 from exc
 
-    def _outage(self, exc, failing_since):
-        waited = time.time() - failing_since
-        message = first_line(exc)
-        if waited > self.max_retry_seconds:
-            raise OutageTimeout('database "%s": gave up after %d s of connection failures (retry_timeout %d s): %s'
-                                % (self.dbname, waited, self.max_retry_seconds, message))
-        self.runner.log('database "%s": connection problem (%s); retrying' % (self.dbname, message))
-        self.runner.stop_event.wait(min(10.0, 0.5 + waited / 4))
-
     def session(self):
         with TaskStore(self.runner.destination, 'pgdts-sync-state') as store:
             store.open(create=False)
@@ -741,7 +680,7 @@ class SyncLoop:
     def _session(self, store):
         from ansible_collections.pgdts.migration.plugins.module_utils import apply
         runner = self.runner
-        copy_lsn = {(r['schema'], r['table']): lsn_int(r['copy_lsn']) or 0 for r in store.tables(runner.name, self.dbname)}
+        copy_lsn = {(r['schema'], r['table']): lsn_to_int(r['copy_lsn']) or 0 for r in store.tables(runner.name, self.dbname)}
         with connect(runner.source, self.dbname, application_name='pgdts-decode', options=WRITER_OPTIONS) as src, \
                 connect(runner.destination, self.dbname, autocommit=False, application_name='pgdts-apply',
                         options=WRITER_OPTIONS) as dst:
@@ -751,7 +690,7 @@ class SyncLoop:
             self.scope_checked = 0.0
             applier = apply.Applier(dst, self.name, metas, copy_lsn)
             applier.setup()
-            runner.log('database "%s": applying from origin position %s' % (self.dbname, lsn_text(applier.applied_lsn())))
+            runner.log('database "%s": applying from origin position %s' % (self.dbname, int_to_lsn(applier.applied_lsn())))
             reader = self.open_reader(src, metas)
             try:
                 self._loop(store, src, reader, applier)
@@ -766,10 +705,10 @@ class SyncLoop:
         try:
             repl = connect(self.runner.source, self.dbname, application_name='pgdts-stream', replication='database')
         except ConnectionFailure as exc:
-            if exc.kind in _LOST_KINDS and not _REPLICATION_REFUSED.search(str(exc)):
+            if exc.kind in LOST_KINDS and not _REPLICATION_REFUSED.search(str(exc)):
                 raise
             self.runner.log('database "%s": no replication connection (%s); reading the slot through the SQL '
-                            'functions for this session' % (self.dbname, first_line(exc)))
+                            'functions for this session' % (self.dbname, error_text(exc)))
         else:
             try:
                 return decoding.StreamReader(src, repl, self.name, plugin, publication=self.name,
@@ -816,7 +755,7 @@ class SyncLoop:
         try:
             while True:
                 runner.check_stop()
-                end = lsn_int(query_value(src, 'SELECT pg_catalog.pg_current_wal_flush_lsn()::text'))
+                end = lsn_to_int(query_value(src, 'SELECT pg_catalog.pg_current_wal_flush_lsn()::text'))
                 transactions, complete = reader.read(upto_lsn=end, max_changes=self.batch_changes)
                 unknown = self.unknown_tables(transactions, applier) if transactions else None
                 if unknown and pending is not None:      # settle the batch being applied before the tables change
@@ -957,7 +896,7 @@ class SyncLoop:
         items = [dict((k, v) for k, v in t.items() if k != 'lsn') for t in leaks]
         store.add_fence_leaks(runner.name, self.dbname, items)
         self.runner.event('database "%s": %d transaction(s) committed on the source after the fence of finish (%s): '
-                          'applied' % (self.dbname, len(leaks), lsn_text(fence)))
+                          'applied' % (self.dbname, len(leaks), int_to_lsn(fence)))
 
 
 def transaction_summary(txn):
@@ -968,7 +907,7 @@ def transaction_summary(txn):
             tables.update('%s.%s' % t for t in change.truncate)
         else:
             tables.add('%s.%s' % (change.schema, change.table))
-    return {'lsn': txn.commit_lsn, 'xid': txn.xid, 'commit_lsn': lsn_text(txn.commit_lsn),
+    return {'lsn': txn.commit_lsn, 'xid': txn.xid, 'commit_lsn': int_to_lsn(txn.commit_lsn),
             'commit_time': txn.commit_time.isoformat() if txn.commit_time else None, 'origin': txn.origin,
             'changes': len(txn.changes), 'tables': sorted(tables)[:20]}
 
@@ -988,7 +927,7 @@ def error_record(exc, stage):
     for attr in ('table', 'key', 'lsn', 'statement'):
         value = getattr(exc, attr, None)
         if value is not None:
-            record[attr] = lsn_text(value) if attr == 'lsn' and isinstance(value, int) else value
+            record[attr] = int_to_lsn(value) if attr == 'lsn' and isinstance(value, int) else value
     return json.loads(json.dumps(record, default=str))
 
 

@@ -209,13 +209,10 @@ server_version_num:
   type: int
 '''
 
-import os
-import tempfile
-
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pgdts.migration.plugins.module_utils import ansible_common
-from ansible_collections.pgdts.migration.plugins.module_utils.connection import ConnectionFailure, connect, query_all
+from ansible_collections.pgdts.migration.plugins.module_utils.connection import ConnectionFailure, connect, error_text
 from ansible_collections.pgdts.migration.plugins.module_utils import hba as pghba
 from ansible_collections.pgdts.migration.plugins.module_utils import server_settings as ss
 
@@ -276,7 +273,7 @@ def main():
     except ss.SettingsError as exc:
         module.fail_json(msg=exc.message, failure=exc.kind, **result)
     except psycopg.Error as exc:
-        module.fail_json(msg='source: %s' % str(exc).strip().splitlines()[0], failure='query', **result)
+        module.fail_json(msg='source: %s' % error_text(exc), failure='query', **result)
     finally:
         conn.close()
     module.exit_json(**result)
@@ -309,11 +306,9 @@ def run(module, conn, databases, entries, result):
     new_hba = None
     if entries:
         try:
-            with open(hba_file, 'r') as handle:
-                old_hba = handle.read()
-        except OSError as exc:
-            module.fail_json(msg='cannot read %s: %s (the module must run on the database host)' % (hba_file, exc),
-                             **result)
+            old_hba = pghba.read_file(hba_file)
+        except pghba.HbaError as exc:
+            module.fail_json(msg=exc.message, **result)
         try:
             new_text, changes = pghba.ensure_entries(old_hba, entries)
         except pghba.HbaError as exc:
@@ -341,13 +336,18 @@ def run(module, conn, databases, entries, result):
     ss.apply_queries(conn, role_queries)
     ss.apply_settings(conn, setting_queries)
     if new_hba is not None:
-        errors_before = hba_errors(conn)
-        write_hba(module, hba_file, new_hba, result)
+        errors_before = pghba.file_errors(conn)
+        if p['backup']:
+            result['backup_file'] = pghba.backup_file(hba_file)
+        pghba.write_file(hba_file, new_hba)
 
     if (setting_queries or new_hba is not None) and p['reload']:
         result['reloaded'] = ss.reload(conn)
         if new_hba is not None:
-            check_hba_errors(module, conn, hba_file, old_hba, errors_before, result)
+            try:
+                pghba.restore_if_rejected(conn, hba_file, old_hba, errors_before, ss.reload)
+            except pghba.HbaError as exc:
+                module.fail_json(msg=exc.message, **result)
     elif new_hba is not None:
         result['reload_required'] = True
 
@@ -361,43 +361,6 @@ def run(module, conn, databases, entries, result):
     result['settings'] = {name: plan.to_dict() for name, plan in plans.items()}
     result['restart_required'] = any(s['pending_restart'] for s in result['settings'].values())
     result['pending_restart'] = ss.pending_restart_all(conn)
-
-
-def write_hba(module, hba_file, new_text, result):
-    """Backup, then an atomic replace that keeps the file's owner and mode."""
-    if module.params['backup'] and 'backup_file' not in result:
-        result['backup_file'] = module.backup_local(hba_file)
-    directory = os.path.dirname(hba_file)
-    fd, tmp = tempfile.mkstemp(prefix='.pg_hba.', suffix='.pgdts-tmp', dir=directory)
-    try:
-        with os.fdopen(fd, 'w') as handle:
-            handle.write(new_text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        module.atomic_move(tmp, hba_file)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def hba_errors(conn):
-    """Lines of the file on disk the server cannot use (pg_hba_file_rules reads the file now); None if unreadable."""
-    try:
-        return query_all(conn, 'SELECT line_number, error FROM pg_catalog.pg_hba_file_rules WHERE error IS NOT NULL '
-                               'ORDER BY line_number')
-    except psycopg.errors.InsufficientPrivilege:
-        return None
-
-
-def check_hba_errors(module, conn, hba_file, old_text, errors_before, result):
-    """If the new file has more errors than the old one, put the old one back and fail."""
-    errors = hba_errors(conn)
-    if errors is None or errors_before is None or len(errors) <= len(errors_before):
-        return
-    write_hba(module, hba_file, old_text, result)
-    ss.reload(conn)
-    module.fail_json(msg='the server rejected the new %s (%s); the previous file was put back' % (
-        hba_file, '; '.join('line %s: %s' % (n, e) for n, e in errors)), **result)
 
 
 if __name__ == '__main__':

@@ -8,6 +8,7 @@ from psycopg import sql
 
 from ansible_collections.pgdts.migration.plugins.module_utils import apply as pgapply
 from ansible_collections.pgdts.migration.plugins.module_utils import catalog, decoding
+from ansible_collections.pgdts.migration.plugins.module_utils.lsn import lsn_to_int
 
 # Output settings for comparing rows as text on both sides.
 COMPARE_SETTINGS = (('TimeZone', 'UTC'), ('DateStyle', 'ISO, YMD'), ('IntervalStyle', 'postgres'),
@@ -258,9 +259,9 @@ def connect_apply(cluster, dbname):
 def current_flush_lsn(cluster, dbname):
     """The insert position, once it is flushed (the test clusters commit asynchronously)."""
     import time
-    target = decoding.lsn_to_int(cluster.value('SELECT pg_current_wal_insert_lsn()::text', dbname=dbname))
+    target = lsn_to_int(cluster.value('SELECT pg_current_wal_insert_lsn()::text', dbname=dbname))
     for _i in range(200):
-        if decoding.lsn_to_int(cluster.value('SELECT pg_current_wal_flush_lsn()::text', dbname=dbname)) >= target:
+        if lsn_to_int(cluster.value('SELECT pg_current_wal_flush_lsn()::text', dbname=dbname)) >= target:
             return target
         time.sleep(0.05)
     raise AssertionError('the WAL was not flushed')

@@ -9,6 +9,7 @@ import pytest
 
 from ansible_collections.pgdts.migration.plugins.module_utils import apply as pgapply
 from ansible_collections.pgdts.migration.plugins.module_utils import decoding
+from ansible_collections.pgdts.migration.plugins.module_utils.lsn import int_to_lsn
 
 from sync_support import (CHANGES, NUMBERS_CHANGES, connect_apply, contents, current_flush_lsn, drop_origins_and_slots,
                           prepare, recreate, run_changes, sync)
@@ -148,7 +149,7 @@ def test_update_of_a_row_missing_on_the_destination(source_pg, dest_pg):
         assert 'UPDATE' in err.statement and 'keychange' in err.statement
         assert "'x'" not in err.statement and '%s' in err.statement      # placeholders, never the values
         assert 'does not exist on the destination' in str(err)
-        assert "key {'id': '2'}" in str(err) and decoding.int_to_lsn(txns[1].commit_lsn) in str(err)
+        assert "key {'id': '2'}" in str(err) and int_to_lsn(txns[1].commit_lsn) in str(err)
         # nothing of the batch was committed, not even the transaction before the failing one
         assert applier.applied_lsn() == 0
         with dest_pg.connect(dbname) as conn:

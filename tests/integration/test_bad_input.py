@@ -17,7 +17,7 @@ import pytest
 
 from ansible_collections.pgdts.migration.plugins.module_utils import plugin_files as pf
 from tests.harness.cluster import free_port, pg_bindir
-from tests.reliability.support import (
+from tests.harness.faults import (
     FINISH, INFO, MIGRATE, VERIFY, create_login_role, diff_snapshots, disk_snapshot, server_snapshot,
 )
 

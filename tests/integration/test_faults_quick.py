@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.reliability.test_controller import (
-    controller_killed_mid_play_the_worker_carries_on, second_worker_by_hand_is_refused,
+from tests.harness.fault_scenarios import (
+    STAGES, controller_killed_mid_play_the_worker_carries_on, kill_scenario, restart_during_sync,
+    second_worker_by_hand_is_refused, slot_invalidated_scenario,
 )
-from tests.reliability.test_kill_worker import STAGES, kill_scenario
-from tests.reliability.test_outages import restart_during_sync
-from tests.reliability.test_slot_trouble import slot_invalidated_scenario
 
 
 @pytest.fixture(scope='module')

@@ -14,7 +14,7 @@ import pytest
 from psycopg import sql
 
 from tests.harness.data import assert_same_contents
-from tests.reliability.support import BackgroundPlay, create_login_role, play
+from tests.harness.faults import BackgroundPlay, create_login_role, play
 
 MIGRATE = 'pgdts.migration.pg_dts_migrate'
 FINISH = 'pgdts.migration.pg_dts_finish'

@@ -122,6 +122,11 @@ def test_scheduled_task_starts_at_its_time_and_reruns_only_report(servers, ansib
     src.create_database('later')
     src.execute('CREATE TABLE t (id int PRIMARY KEY)', dbname='later')
     src.execute('INSERT INTO t SELECT generate_series(1, 100)', dbname='later')
+    args = migrate_args(servers, tmp_path, name='later_task', databases=['later'], start_at='2099-01-01T00:00:00Z')
+    status, preview = ansible.module('pgdts.migration.pg_dts_migrate', args, check=True, diff=True)
+    assert status == 'changed' and preview['action'] == 'started', preview
+    assert preview['diff'] == {'before': {'stage': None}, 'after': {'stage': 'scheduled'}}
+    assert dst.value("SELECT count(*) FROM pg_database WHERE datname = 'later'") == 0
     start_at = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=30)).replace(microsecond=0)
     args = migrate_args(servers, tmp_path, name='later_task', databases=['later'], start_at=start_at.isoformat())
     status, result = ansible.module('pgdts.migration.pg_dts_migrate', args)
@@ -146,9 +151,10 @@ def test_check_mode_starts_nothing(servers, ansible, tmp_path):
     src.create_database('dry')
     src.execute('CREATE TABLE t (id int PRIMARY KEY)', dbname='dry')
     args = migrate_args(servers, tmp_path, name='dry_task', databases=['dry'])
-    status, result = ansible.module('pgdts.migration.pg_dts_migrate', args, check=True)
+    status, result = ansible.module('pgdts.migration.pg_dts_migrate', args, check=True, diff=True)
     assert status == 'changed', result
     assert result['action'] == 'started'
+    assert result['diff'] == {'before': {'stage': None}, 'after': {'stage': 'schema'}}
     assert dst.value("SELECT count(*) FROM pg_database WHERE datname = 'dry'") == 0
     assert src.value("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgdts_dry_task%%'") == 0
     assert not (tmp_path / 'workers' / 'dry_task').exists()

@@ -17,7 +17,7 @@ from ansible_collections.pgdts.migration.plugins.module_utils import checks, rol
 from ansible_collections.pgdts.migration.plugins.module_utils import worker_process as worker
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import ServerSpec
 from ansible_collections.pgdts.migration.plugins.module_utils.task_state import TaskStore
-from tests.reliability.support import create_login_role
+from tests.harness.faults import create_login_role
 
 OWNER_PW = 'Owner-Pw-8817'
 USER_PW = 'User-Pw-4410'

@@ -17,7 +17,7 @@ import time
 from psycopg import sql
 
 from tests.harness.data import assert_same_contents
-from tests.reliability.support import (
+from tests.harness.faults import (
     FINISH, INFO, MIGRATE, VERIFY, BackgroundPlay, create_load_database, create_login_role, play, task_dir,
 )
 

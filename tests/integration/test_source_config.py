@@ -186,6 +186,30 @@ def test_reload_false_leaves_reload_to_the_caller(replica_pg, ansible):
         assert conn.execute('IDENTIFY_SYSTEM').fetchone()[0]
 
 
+def test_rejected_hba_file_is_put_back_and_mode_kept(replica_pg, ansible):
+    """The server finds an error in the new pg_hba.conf (cert needs hostssl): the old file is put back, byte for
+    byte, with its mode, and the server keeps using it. A good change then keeps the file's mode too."""
+    path = os.path.join(replica_pg.datadir, 'pg_hba.conf')
+    os.chmod(path, 0o640)
+    before = read_bytes(path)
+    args = module_args(replica_pg, hba_method='cert', hba_type='host', create_migration_user=False)
+    status, result = ansible.module('pgdts.migration.pg_dts_source_config', args)
+    assert status == 'failed', result
+    assert 'the server rejected the new %s' % path in result['msg'] and 'the previous file was put back' in result['msg']
+    assert 'hostssl' in result['msg']
+    assert read_bytes(path) == before and os.stat(path).st_mode & 0o777 == 0o640
+    assert read_bytes(result['backup_file']) == before
+    assert replica_pg.value('SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL') == 0
+    assert replica_pg.value('SELECT count(*) FROM pg_hba_file_rules WHERE %s = ANY(user_name)', (MIGRATOR,)) == 0
+
+    status, result = ansible.module('pgdts.migration.pg_dts_source_config', module_args(replica_pg))
+    assert status == 'changed', result
+    assert os.stat(path).st_mode & 0o777 == 0o640 and MIGRATOR in read_bytes(path).decode()
+    assert os.stat(result['backup_file']).st_mode & 0o777 == 0o640 and read_bytes(result['backup_file']) == before
+    with migrator_connect_after_reload(replica_pg) as conn:
+        assert conn.execute('SELECT current_user').fetchone()[0] == MIGRATOR
+
+
 @pytest.mark.parametrize('args, message', [
     ({'hba_addresses': ['not an address!']}, 'is neither an IP address'),
     ({'reserve': -1}, 'must not be negative'),

@@ -13,6 +13,7 @@ import pytest
 
 from ansible_collections.pgdts.migration.plugins.module_utils import apply as pgapply
 from ansible_collections.pgdts.migration.plugins.module_utils import decoding
+from ansible_collections.pgdts.migration.plugins.module_utils.lsn import int_to_lsn, lsn_to_int
 
 from sync_support import (CHANGES, connect_apply, contents, current_flush_lsn, drop_origins_and_slots, prepare,
                           run_changes)
@@ -48,7 +49,7 @@ def read_until_done(reader, upto, batch=100000, confirm=False, rounds=600):
             reader.confirm(txns[-1].end_lsn)
         if done:
             return out
-    raise AssertionError('the stream did not reach %s' % decoding.int_to_lsn(upto))
+    raise AssertionError('the stream did not reach %s' % int_to_lsn(upto))
 
 
 def model(txns):
@@ -74,7 +75,7 @@ def test_stream_hands_out_what_the_peek_reader_does(source_pg, dest_pg, plugin):
     finally:
         reader.close()
     # reading moved nothing: the slot is where it was (nothing was confirmed)
-    assert decoding.lsn_to_int(source_pg.value(
+    assert lsn_to_int(source_pg.value(
         'SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s', (slot,),
         dbname=dbname)) < streamed[0].commit_lsn
 
@@ -99,7 +100,7 @@ def test_confirm_moves_the_slot_and_a_new_stream_resumes_there(source_pg, dest_p
         deadline = time.monotonic() + 10
         confirmed = None
         while time.monotonic() < deadline:
-            confirmed = decoding.lsn_to_int(source_pg.value(
+            confirmed = lsn_to_int(source_pg.value(
                 'SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s', (slot,),
                 dbname=dbname))
             if confirmed == first[-1].end_lsn:

@@ -25,7 +25,7 @@ import pytest
 
 from tests.harness import pg_majors
 from tests.harness.cluster import PgCluster
-from tests.reliability.support import (
+from tests.harness.faults import (
     FINISH, MIGRATE, LOAD_SCHEMA, BackgroundPlay, TaskPoller, Writer, assert_exactly_once, kill_worker, play,
     task_origins, task_slots, wait_worker, worker_log, worker_pid,
 )

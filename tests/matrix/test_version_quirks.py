@@ -14,7 +14,7 @@ import pytest
 from ansible_collections.pgdts.migration.plugins.module_utils import schema
 from tests.harness import pg_majors
 from tests.harness.cluster import PgCluster
-from tests.reliability.support import MIGRATE, kill_worker
+from tests.harness.faults import MIGRATE, kill_worker
 
 VERIFY = 'pgdts.migration.pg_dts_verify'
 

@@ -8,7 +8,7 @@ import pytest
 from psycopg import sql
 
 from tests.harness.data import database_contents, sequence_values
-from tests.reliability.support import FINISH, INFO, MIGRATE, VERIFY, create_login_role, task_slots
+from tests.harness.faults import FINISH, INFO, MIGRATE, VERIFY, create_login_role, task_slots
 
 DB = 'Shop "Ü" O\'Neil; DROP DATABASE postgres;--'
 DB2 = 'Ünï "Two"\'; DROP TABLE canary;--'

@@ -10,10 +10,11 @@ import time
 
 import pytest
 
-from tests.reliability.support import (
+from tests.harness.faults import (
     MIGRATE, BackgroundPlay, TaskPoller, create_load_database, finish_and_compare, judged_scenario, play, slot_lag,
     task_args, wait_worker, worker_log, worker_pid, writing,
 )
+from tests.harness.fault_scenarios import restart_during_sync
 
 
 @pytest.fixture(scope='module')
@@ -77,37 +78,6 @@ def restart_during_copy(servers, ansible, tmp_path, which):
                          ids=['source', 'destination', 'source-down-15s', 'destination-down-15s'])
 def test_restart_during_sync(servers, ansible, tmp_path, which, down):
     restart_during_sync(servers, ansible, tmp_path, which, down)
-
-
-def restart_during_sync(servers, ansible, tmp_path, which, down=0):
-    """Two restarts (or one slow restart: down `down` seconds) of a server while the task syncs under load."""
-    src, dst = servers
-    target = src if which == 'source' else dst
-    name = dbname = 'rsync_%s_%d' % (which[:3], down)
-    create_load_database(src, dbname, scale=1)
-    args = task_args(servers, tmp_path, name, dbname)
-    with judged_scenario(servers, args['worker_dir'], name, [dbname]):
-        with writing(src, dbname, seed=12) as writer:
-            status, result = ansible.module(MIGRATE, dict(args, wait='synced', wait_timeout=600))
-            assert status == 'changed', result
-            pid = worker_pid(args['worker_dir'], name)
-            time.sleep(1)
-            if down:
-                target.stop()
-                time.sleep(down)
-                target.start()
-            else:
-                target.restart()
-                time.sleep(2)
-                target.restart()       # twice: the second one hits a session that just reconnected
-            time.sleep(2)
-            assert worker_pid(args['worker_dir'], name) == pid, 'the worker did not survive the restart'
-            status, result = ansible.module(MIGRATE, dict(args, wait='synced', wait_timeout=300))
-            assert status == 'ok' and result['action'] == 'reported', result
-            writer.stop()
-            print('writer: %d commits, %d errors (%s)' % (writer.commits, writer.errors, writer.last_error))
-            assert 'connection problem' in worker_log(args['worker_dir'], name)
-        finish_and_compare(ansible, servers, args, dbname)
 
 
 @pytest.mark.slow

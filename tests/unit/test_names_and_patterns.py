@@ -52,8 +52,3 @@ def test_object_names_are_unique_per_task_and_database():
     assert task_state.object_name_re('a').match(a)
     assert not task_state.object_name_re('a').match(task_state.object_name('a_b', 'shop'))
     assert task_state.object_name('a', 'shop') != task_state.object_name('a', 'Shop')
-
-
-def test_lsn_round_trip():
-    for text in ('0/0', '0/16B3748', '1A/FF000028'):
-        assert task_state.lsn_text(task_state.lsn_int(text)) == text

@@ -9,7 +9,8 @@ import pytest
 
 from ansible_collections.pgdts.migration.plugins.module_utils import decoding
 from ansible_collections.pgdts.migration.plugins.module_utils.decoding import (
-    Change, DecodeError, PgOutputParser, Wal2JsonParser, int_to_lsn, lsn_to_int)
+    Change, DecodeError, PgOutputParser, Wal2JsonParser)
+from ansible_collections.pgdts.migration.plugins.module_utils.lsn import int_to_lsn, lsn_to_int
 
 EPOCH = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
 
@@ -87,9 +88,14 @@ def test_lsn_round_trip():
     assert lsn_to_int('16/B374D848') == (0x16 << 32) | 0xB374D848
     assert int_to_lsn(lsn_to_int('16/B374D848')) == '16/B374D848'
     assert int_to_lsn(0) == '0/0'
-    assert lsn_to_int(None) is None
+    assert lsn_to_int(None) is None and int_to_lsn(None) is None
+    assert lsn_to_int(97500059720) == 97500059720
+    for text in ('0/0', '0/16B3748', '1A/FF000028'):
+        assert int_to_lsn(lsn_to_int(text)) == text
     with pytest.raises(ValueError):
         lsn_to_int('nonsense')
+    with pytest.raises(ValueError):
+        int_to_lsn(-1)
 
 
 def test_insert_update_delete_in_one_transaction():

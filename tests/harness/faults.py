@@ -1,5 +1,6 @@
-"""Helpers of the reliability suite: a write load whose rows record every change, task polling, worker killing,
-background plays, and snapshots of everything a bad input must leave alone.
+"""Helpers of the fault tests (tests/reliability, tests/harness/fault_scenarios.py and the integration tests of bad
+input): a write load whose rows record every change, task polling, worker killing, background plays, and snapshots
+of everything a bad input must leave alone.
 
 The data set: pgbench tables (scale 1-3) plus
   ledger   (k, v)              insert-only, NO key: a change applied twice shows up as an extra row, a lost one as
