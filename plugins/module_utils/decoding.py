@@ -583,8 +583,8 @@ class Wal2JsonParser:
 
 
 def wal2json_escape(name):
-    """Escape a schema or table name for wal2json's add-tables option."""
-    return re.sub(r"([\\ ',.*])", r'\\\1', name)
+    """Escape a schema or table name for wal2json's add-tables option (its list ends a name at ',' and whitespace)."""
+    return re.sub(r"([\\ \t\n\r\v\f',.*])", r'\\\1', name)
 
 
 # -- reading a slot ------------------------------------------------------------------------------------------------
