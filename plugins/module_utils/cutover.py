@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from ansible_collections.pgdts.migration.plugins.module_utils import catalog, compare as compare_mod, schema, task_state
+from ansible_collections.pgdts.migration.plugins.module_utils import checks
 from ansible_collections.pgdts.migration.plugins.module_utils import worker_process as worker
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import connect, query_value, sql
 from ansible_collections.pgdts.migration.plugins.module_utils.task_control import TaskControlError
@@ -51,6 +52,17 @@ class Finisher:
                     break
                 time.sleep(0.05)
             return lsn_int(query_value(conn, 'SELECT pg_catalog.pg_current_wal_insert_lsn()::text')), len(pids)
+
+    def check_fence_rights(self, store):
+        """Fail before anything is fenced when the source login cannot fence (verify's source.fence_privilege)."""
+        databases = [d['dbname'] for d in store.databases(self.name)]
+        with connect(self.control.source, application_name='pgdts-finish') as conn:
+            rights = conn.execute(checks.FENCE_RIGHTS).fetchone()
+            user = conn.info.user
+        problem = checks.fence_problems(rights, databases, user)
+        if problem:
+            raise TaskControlError('task %s not finished, nothing fenced: %s. %s' % (self.name, problem[0], problem[1]),
+                                   task=self.control.report(store))
 
     def lift_fence(self):
         if not self.fenced:
@@ -108,6 +120,8 @@ class Finisher:
                 detail = ': %s' % (task['error'] or {}).get('message')
             raise TaskControlError('task %s is at stage %s%s; finish needs a task in incremental sync' % (
                 self.name, task['stage'], detail), task=control.report(store))
+        if self.params.get('fence', 'read_only') == 'read_only':
+            self.check_fence_rights(store)
         if control.check_mode:
             return control.result(store, True, 'finished', 'task %s would be finished' % self.name,
                                   after_stage='finished')
