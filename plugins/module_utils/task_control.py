@@ -6,12 +6,13 @@
 from __future__ import annotations
 
 import datetime
+import json
 import time
 
 from ansible_collections.pgdts.migration.plugins.module_utils import catalog, schema, task_state
 from ansible_collections.pgdts.migration.plugins.module_utils import worker_process as worker
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import (
-    ConnectionFailure, connect, query_value,
+    ConnectionFailure, ServerSpec, connect, query_value,
 )
 from ansible_collections.pgdts.migration.plugins.module_utils.task_state import TaskStore, lsn_int
 
@@ -74,11 +75,7 @@ class TaskControl:
         return store
 
     def source_lsn(self):
-        try:
-            with connect(self.source, application_name='pgdts-module') as conn:
-                return lsn_int(query_value(conn, 'SELECT pg_catalog.pg_current_wal_flush_lsn()::text'))
-        except ConnectionFailure:
-            return None
+        return source_flush_lsn(self.source)
 
     def report(self, store, include_tables=True):
         lsn = self.source_lsn()
@@ -286,9 +283,35 @@ class TaskControl:
                            before_stage=before)
 
 
+def source_flush_lsn(source):
+    """The source's current WAL flush position, or None when it cannot be read."""
+    try:
+        with connect(source, application_name='pgdts-module') as conn:
+            return lsn_int(query_value(conn, 'SELECT pg_catalog.pg_current_wal_flush_lsn()::text'))
+    except ConnectionFailure:
+        return None
+
+
+def task_source(task, paths):
+    """The task's own source server with its login, from the worker directory's credential file, when that file is
+    there and belongs to this source (the task row holds no password); else None."""
+    public = (task.get('spec') or {}).get('source') or {}
+    try:
+        with open(paths.credentials) as handle:
+            stored = json.load(handle).get('source') or {}
+    except (OSError, ValueError):
+        return None
+    if not public or any(stored.get(k) != public.get(k) for k in ('host', 'port', 'user', 'dbname')):
+        return None
+    return ServerSpec.from_dict(stored)
+
+
 def task_infos(source, destination, name, worker_dir, include_tables):
-    """Reports of one task (name) or of all tasks on the destination; never changes anything."""
-    probe = TaskControl({'name': name or 'x', 'worker_dir': worker_dir}, source, destination)
+    """Reports of one task (name) or of all tasks on the destination; never changes anything.
+
+    `source` None: each task's lag is measured against its own source (task_source()), or, without its login,
+    against the source position the worker last recorded; never against whatever server libpq reaches by default."""
+    probe = TaskControl({'name': name or 'x', 'worker_dir': worker_dir}, source or ServerSpec(), destination)
     store = probe.open_store(create=False)
     if store is None or not store.has_tables():
         return []
@@ -297,9 +320,12 @@ def task_infos(source, destination, name, worker_dir, include_tables):
             names = [name] if store.get_task(name) else []
         else:
             names = [r[0] for r in store.conn.execute('SELECT name FROM pgdts.task ORDER BY name').fetchall()]
-        lsn = probe.source_lsn() if source.host or source.port else None
+        lsn = source_flush_lsn(source) if source is not None else None
         out = []
         for task_name in names:
+            if source is None:
+                own = task_source(store.get_task(task_name), worker.TaskPaths(worker_dir, task_name))
+                lsn = source_flush_lsn(own) if own is not None else None
             databases = [d['dbname'] for d in store.databases(task_name)]
             report = task_state.task_report(store, task_name, {d: lsn for d in databases} if lsn else None,
                                             include_tables)
