@@ -1316,7 +1316,7 @@ def check_numeric_special_values(ctx):
 
     def evaluate(db, holder):
         return [{'type': 'column', 'database': db, 'schema': t.schema, 'table': t.name, 'name': c.name,
-                 'data_type': c.type_name}
+                 'data_type': c.type_name, 'table_has_key': bool(t.key_columns)}
                 for t in holder.get('selected', []) if t.relkind != 'p' for c in t.columns
                 if c.type_oid in NUMERIC_TYPE_OIDS and not c.generated]
 
@@ -1327,12 +1327,19 @@ def check_numeric_special_values(ctx):
         return _with_unreachable(ctx, _item(cid, PASS, 'no selected column is numeric, real or double precision'))
     shown = _names('%s.%s (%s)' % (_tdisplay(o['database'], o['schema'], o['table']), _ident(o['name']), o['data_type'])
                    for o in found)
+    keyless = sorted({_tdisplay(o['database'], o['schema'], o['table']) for o in found if not o['table_has_key']})
+    message = ('wal2json before 2.6 (Debian 12 ships 2.5) writes NaN, Infinity and -Infinity of numeric, real and '
+               'double precision columns as null, like a real NULL: during the sync both are applied as NULL (a NaN '
+               'or Infinity into a NOT NULL column fails the sync); pg_dts_finish, under the write fence, gives every '
+               'such NULL on the destination the source\'s value, by key; %s: %s' % (_plural(len(found), 'column'), shown))
+    if keyless:
+        message += ('. In tables without a key (%s) such a value written during the sync stays NULL: the checksum '
+                    'comparison of pg_dts_finish reports the table as different, compare: count does not see it'
+                    % _names(keyless))
     return _with_unreachable(ctx, _item(
-        cid, WARNING, 'wal2json writes NaN, Infinity and -Infinity of numeric and float columns as null, so changes '
-                      'made during the sync arrive as NULL (or fail on NOT NULL columns): %s: %s'
-                      % (_plural(len(found), 'column'), shown),
-        'Use plugin pgoutput, or make sure these columns never hold NaN or Infinity (for example CHECK (col <> '
-        "'NaN')).", found))
+        cid, WARNING, message,
+        'Use plugin pgoutput, or wal2json 2.6 or later (numeric-data-types-as-string), or make sure these columns '
+        "never hold NaN or Infinity (for example CHECK (col <> 'NaN')).", found))
 
 
 def check_task_objects(ctx):

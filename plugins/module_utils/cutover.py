@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from ansible_collections.pgdts.migration.plugins.module_utils import catalog, compare as compare_mod, schema, task_state
-from ansible_collections.pgdts.migration.plugins.module_utils import checks
+from ansible_collections.pgdts.migration.plugins.module_utils import apply as apply_mod, checks
 from ansible_collections.pgdts.migration.plugins.module_utils import worker_process as worker
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import connect, query_value, sql
 from ansible_collections.pgdts.migration.plugins.module_utils.task_control import TaskControlError
@@ -63,6 +63,19 @@ class Finisher:
         if problem:
             raise TaskControlError('task %s not finished, nothing fenced: %s. %s' % (self.name, problem[0], problem[1]),
                                    task=self.control.report(store))
+
+    def repair_wal2json_nulls(self, store, databases):
+        """wal2json before 2.6 sends NaN and Infinity of numeric and float columns as null: under the fence, after the
+        catch-up, such NULLs on the destination get the source's value (apply.repair_ambiguous_nulls)."""
+        for dbname in databases:
+            wanted = {(r['schema'], r['table']) for r in store.tables(self.name, dbname)}
+            with connect(self.control.source, dbname, application_name='pgdts-finish') as conn:
+                tables = [t for t in catalog.load_tables(conn, dbname) if (t.schema, t.name) in wanted and t.has_storage]
+            corrected, _keyless = apply_mod.repair_ambiguous_nulls(self.control.source, self.control.destination,
+                                                                   dbname, tables)
+            for qualified, count in corrected:
+                self.log(store, 'finish: %s.%s: %d row(s) with NaN or Infinity that wal2json had sent as NULL '
+                                'corrected from the source' % (dbname, qualified, count))
 
     def lift_fence(self):
         if not self.fenced:
@@ -162,6 +175,8 @@ class Finisher:
                 'source fenced read-only' if fence == 'read_only' else 'no fence', task_state.lsn_text(target)))
             self.wait_applied(store, target, int(self.params.get('wait_timeout') or 600))
             phase('catch_up')
+            if (store.get_task(self.name)['spec'] or {}).get('plugin') == 'wal2json':
+                self.repair_wal2json_nulls(store, databases)
             sequences = []
             if self.params.get('sync_sequences', True):
                 for dbname in databases:
