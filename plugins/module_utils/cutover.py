@@ -15,6 +15,7 @@ from ansible_collections.pgdts.migration.plugins.module_utils.connection import 
 from ansible_collections.pgdts.migration.plugins.module_utils.task_control import TaskControlError
 from ansible_collections.pgdts.migration.plugins.module_utils.task_state import lsn_int
 
+
 def _fence_sql(dbname, on):
     if on:
         return sql.SQL('ALTER DATABASE {} SET default_transaction_read_only = on').format(sql.Identifier(dbname))
