@@ -6,7 +6,12 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 SANITY_ROOT := .tmp/sanity/ansible_collections/pgdts/migration
 PYTEST_ARGS ?=
 
-.PHONY: setup test sanity lint unit integration molecule reliability bench demo build clean
+.PHONY: setup pg-majors test sanity lint unit integration matrix molecule reliability bench demo build clean
+
+# Server builds of other majors, fetched into a cache (tests/harness/pg_majors.py; quick when present).
+# `make integration` needs the two majors of its upgrade pairs, `make matrix` all of them.
+PG_MAJORS_INTEGRATION := 11 12 17 18 clients:16
+PG_MAJORS_ALL := 11 12 13 14 15 16 17 18 clients:16
 
 setup:
 	@bash scripts/setup.sh
@@ -33,8 +38,15 @@ lint: setup $(COLLECTION_ROOT)/ansible_collections/pgdts/migration
 unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-integration: setup
-	$(PY) -m pytest tests/integration -m "not slow" $(PYTEST_ARGS)
+pg-majors: setup
+	$(PY) -m tests.harness.pg_majors $(PG_MAJORS_INTEGRATION)
+
+integration: setup pg-majors
+	$(PY) -m pytest tests/integration tests/matrix -m "not slow and not matrix_only" $(PYTEST_ARGS)
+
+matrix: setup
+	$(PY) -m tests.harness.pg_majors $(PG_MAJORS_ALL)
+	$(PY) -m pytest tests/matrix $(PYTEST_ARGS)
 
 molecule: setup
 	@if [ -d extensions/molecule ]; then cd extensions && molecule test --all; else echo "molecule: no scenarios yet"; fi

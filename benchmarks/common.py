@@ -361,6 +361,7 @@ class OurTask:
             'name': name, 'state': 'present', 'databases': [dbname], 'tables': None, 'exclude_tables': None,
             'plugin': plugin, 'incremental': incremental, 'jobs': jobs, 'start_at': None, 'drop_destination': False,
             'protect_destination': True, 'migrate_roles': False, 'retry_timeout': 600,
+            'replica_identity': 'full',     # pgbench_history has no key (insert-only: FULL costs nothing)
             'worker_dir': servers.worker_dir, 'worker_python': sys.executable,
         }
         self.source = Servers.spec(servers.src)

@@ -101,6 +101,8 @@ all:
           pgdts_destination: {host: 127.0.0.1, port: $DST_PORT, user: postgres, password: "{{ demo_password }}"}
           pgdts_databases: [bank, shop]
           pgdts_jobs: 2
+          # pgbench_history has no primary key: REPLICA IDENTITY FULL (free for an insert-only table)
+          pgdts_replica_identity: full
           pgdts_worker_dir: $WORK/workers
           pgdts_wait_sleep: 2
           pgdts_sync_hold: 10

@@ -28,9 +28,9 @@ class ClusterFactory:
         self.clusters = []
         self.counter = 0
 
-    def __call__(self, name=None, settings=None, start=True):
+    def __call__(self, name=None, settings=None, start=True, major=None):
         self.counter += 1
-        cluster = PgCluster(self.base_dir, '%s-%d' % (name or 'pg', self.counter), settings=settings)
+        cluster = PgCluster(self.base_dir, '%s-%d' % (name or 'pg', self.counter), settings=settings, major=major)
         self.clusters.append(cluster)
         cluster.init()
         if start:

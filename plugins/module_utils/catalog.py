@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 
-from ansible_collections.pgdts.migration.plugins.module_utils.connection import query_all
+from ansible_collections.pgdts.migration.plugins.module_utils.connection import query_all, sql
 
 SYSTEM_SCHEMAS = ('pg_catalog', 'information_schema', 'pg_toast')
 
@@ -24,7 +24,7 @@ class Column:
         self.type_name = type_name
         self.type_oid = type_oid
         self.not_null = not_null
-        self.generated = generated      # '' or 's' (stored generated column)
+        self.generated = generated      # '' or 's' (stored generated column) or 'v' (18: virtual)
         self.identity = identity        # '' , 'a' (always) or 'd' (by default)
         self.position = position
 
@@ -128,11 +128,18 @@ SELECT c.oid, n.nspname, c.relname, c.relkind, c.relpersistence, c.relreplident,
 
 _COLUMNS_QUERY = """
 SELECT a.attrelid, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.atttypid, a.attnotnull,
-       a.attgenerated, a.attidentity, a.attnum
+       {generated}, a.attidentity, a.attnum
   FROM pg_catalog.pg_attribute a
  WHERE a.attrelid = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped
  ORDER BY a.attrelid, a.attnum
 """
+
+
+def _columns_query(conn):
+    """attgenerated exists from PostgreSQL 12 on ('s' stored, 18: 'v' virtual); before, no column is generated."""
+    generated = sql.SQL('a.attgenerated') if conn.info.server_version >= 120000 else sql.SQL("''::\"char\"")
+    return sql.SQL(_COLUMNS_QUERY).format(generated=generated)
+
 
 _KEYS_QUERY = """
 SELECT i.indrelid, i.indisprimary, array_agg(a.attname ORDER BY k.ord)
@@ -155,7 +162,7 @@ def load_tables(conn, dbname):
     if not by_oid:
         return tables
     oids = list(by_oid)
-    for relid, name, type_name, type_oid, not_null, generated, identity, position in query_all(conn, _COLUMNS_QUERY, (oids,)):
+    for relid, name, type_name, type_oid, not_null, generated, identity, position in query_all(conn, _columns_query(conn), (oids,)):
         by_oid[relid].columns.append(Column(name, type_name, type_oid, not_null, generated, identity, position))
     for relid, primary, columns in query_all(conn, _KEYS_QUERY, (oids,)):
         table = by_oid[relid]

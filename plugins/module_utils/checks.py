@@ -18,6 +18,7 @@ import secrets
 import struct
 
 from ansible_collections.pgdts.migration.plugins.module_utils import catalog
+from ansible_collections.pgdts.migration.plugins.module_utils import schema
 from ansible_collections.pgdts.migration.plugins.module_utils import task_state
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import ConnectionFailure, connect
 
@@ -33,6 +34,7 @@ STATUSES = (PASS, WARNING, FAILED)
 
 SOURCE_MIN_VERSION = 110000          # pg_replication_slot_advance() and publications of partitioned tables
 SOURCE_MAX_TESTED_MAJOR = 18
+SOURCE_MIN_TESTED_MAJOR = 12         # the oldest major of the tested upgrade matrix (docs/versions.md)
 LONG_TRANSACTION_SECONDS = 5         # a transaction holding an xid this long stalls slot creation noticeably
 PLUGIN_CHECK_TIMEOUT_MS = 10000      # a temporary slot waits for running transactions; the plugin loads before that
 PLUGIN_CHECK_BLOCKED_TIMEOUT_MS = 2000
@@ -302,6 +304,8 @@ def _connect(holder, spec, dbname=None, **kwargs):
 
 
 def _databases_query(version):
+    if version >= 170000:       # 17 renamed daticulocale to datlocale (also used by the builtin provider)
+        return sql.SQL(_DATABASES).format(provider=sql.SQL('d.datlocprovider::text'), icu_locale=sql.SQL('d.datlocale'))
     if version >= 150000:
         return sql.SQL(_DATABASES).format(provider=sql.SQL('d.datlocprovider::text'), icu_locale=sql.SQL('d.daticulocale'))
     return sql.SQL(_DATABASES).format(provider=sql.Literal('c'), icu_locale=sql.NULL)
@@ -900,8 +904,11 @@ def check_source_version(ctx):
     if _major(version) > SOURCE_MAX_TESTED_MAJOR:
         return _item(cid, WARNING, 'source runs PostgreSQL %s, newer than the newest major pgdts was tested with (%d)'
                      % (text, SOURCE_MAX_TESTED_MAJOR), 'Run a trial migration first.', obj)
+    if _major(version) < SOURCE_MIN_TESTED_MAJOR:
+        return _item(cid, WARNING, 'source runs PostgreSQL %s, older than the oldest major pgdts was tested with (%d)'
+                     % (text, SOURCE_MIN_TESTED_MAJOR), 'Run a trial migration first.', obj)
     return _item(cid, PASS, 'source runs PostgreSQL %s (supported: %d to %d)'
-                 % (text, _major(SOURCE_MIN_VERSION), SOURCE_MAX_TESTED_MAJOR), '', obj)
+                 % (text, SOURCE_MIN_TESTED_MAJOR, SOURCE_MAX_TESTED_MAJOR), '', obj)
 
 
 def compare_versions(source_num, dest_num):
@@ -928,6 +935,31 @@ def check_destination_version(ctx):
     return _item(cid, status, message, hint, [
         {'type': 'server', 'role': 'source', 'version_num': ctx.src.get('version')},
         {'type': 'server', 'role': 'destination', 'version_num': ctx.dst.get('version')}])
+
+
+def check_client_programs(ctx):
+    """pg_dump and pg_restore (psql too, if it is there) the worker can run for these servers, on this host."""
+    cid = 'worker.client_programs'
+    if not ctx.src.ok:
+        return _skip_source(cid)
+    if not ctx.dst.ok:
+        return _skip_destination(cid)
+    low, high = schema.client_bounds(ctx.src.get('version'), ctx.dst.get('version'))
+    bindir = getattr(ctx, 'pg_bindir', None)
+    try:
+        found = schema.client_bindir(bindir, ctx.src.get('version'), ctx.dst.get('version'))
+    except schema.SchemaError as exc:
+        need = ('%d or newer' % low) if high is None else ('%d to %d' % (low, high)) if low < high else str(low)
+        why = ('' if high is None else ' (pg_restore of 17 or newer sends SET transaction_timeout, which a '
+               'destination before 17 rejects)')
+        return _item(cid, FAILED, 'no pg_dump and pg_restore of PostgreSQL %s on this host%s: %s' % (need, why, exc),
+                     'Install the client programs of PostgreSQL %s on the worker host (Debian/Ubuntu: '
+                     'postgresql-client-%d from apt.postgresql.org; RHEL: postgresql%d) and, if they are not under '
+                     '/usr/lib/postgresql or on PATH, give their directory as pg_bindir.' % (need, low, low))
+    programs = [{'type': 'program', 'name': name, 'path': os.path.join(found, name),
+                 'major': schema.client_major(os.path.join(found, name))} for name in ('pg_dump', 'pg_restore')]
+    return _item(cid, PASS, 'pg_dump and pg_restore of PostgreSQL %s in %s' % (programs[0]['major'], found), '',
+                 programs)
 
 
 def check_source_recovery(ctx):
@@ -1475,14 +1507,20 @@ def check_missing(ctx):
 
 def check_replica_identity(ctx):
     cid = 'tables.replica_identity'
+    mode = getattr(ctx, 'replica_identity', 'fail') or 'fail'
 
     def evaluate(db, holder):
         by_oid = holder.get('by_oid')
-        rows = [by_oid[oid] for (oid,) in holder.get('no_replica_identity') or []]
+        not_owned = {r[0] for r in holder.get('not_owned') or []}
+        # unlogged tables are never published (see tables.unlogged)
+        rows = [by_oid[oid] for (oid,) in holder.get('no_replica_identity') or [] if by_oid[oid].relpersistence != 'u']
+        parents = {t.qualified for t in holder.get('selected', []) if t.relkind == 'p'}
         return [_table_obj(db, t.schema, t.name, replica_identity={'d': 'default', 'n': 'nothing', 'i': 'index'}.get(
-            t.replica_identity, t.replica_identity)) for t in sorted(rows, key=lambda x: (x.schema, x.name))]
+            t.replica_identity, t.replica_identity), owned=t.oid not in not_owned,
+            partition_of=t.parent if t.is_partition and t.parent in parents else None)
+            for t in sorted(rows, key=lambda x: (x.schema, x.name))]
 
-    found, error = _per_db_items(ctx, cid, ['no_replica_identity'], evaluate)
+    found, error = _per_db_items(ctx, cid, ['no_replica_identity', 'not_owned'], evaluate)
     if error:
         return error
     if not found:
@@ -1493,19 +1531,53 @@ def check_replica_identity(ctx):
         return _with_unreachable(ctx, _item(
             cid, PASS, '%s no primary key or replica identity, which only matters for incremental sync (off): %s'
             % (_plural(len(found), 'table has', 'tables have'), shown), '', found))
+    cost = ('REPLICA IDENTITY FULL writes the whole old row to the WAL on every UPDATE and DELETE of the table (free '
+            'for insert-only tables), and the destination matches updated and deleted rows on all columns')
+    inner = [o for o in found if o['partition_of']]
+    if mode == 'exclude' and inner:
+        return _with_unreachable(ctx, _item(
+            cid, FAILED, 'replica_identity: exclude cannot leave out %s of a selected partitioned table (the '
+            'publication of the parent publishes %s, and the source\'s UPDATE and DELETE on %s would fail): %s'
+            % (_plural(len(inner), 'partition'), 'it' if len(inner) == 1 else 'them',
+               'it' if len(inner) == 1 else 'them',
+               _names(_tdisplay(o['database'], o['schema'], o['name']) for o in inner)),
+            'Add a primary key to the partitioned table, or use replica_identity: full.', found))
+    if mode == 'exclude':
+        return _with_unreachable(ctx, _item(
+            cid, WARNING, '%s no primary key or usable replica identity and %s left out of the task '
+            '(replica_identity: exclude): not copied, not synced and not in the comparison of pg_dts_finish: %s'
+            % (_plural(len(found), 'table has', 'tables have'), 'is' if len(found) == 1 else 'are', shown),
+            'Add a primary key (or use replica_identity: full) to migrate them.', found))
+    if mode == 'full':
+        foreign = [o for o in found if not o['owned']]
+        if foreign:
+            return _with_unreachable(ctx, _item(
+                cid, FAILED, 'replica_identity: full needs to set REPLICA IDENTITY FULL on %s, but the source login '
+                'does not own %s: %s' % (_plural(len(found), 'table'), 'it' if len(foreign) == 1 else 'them',
+                                         _names(_tdisplay(o['database'], o['schema'], o['name']) for o in foreign)),
+                'Run the task as the tables\' owner, or let the owner run ALTER TABLE %s REPLICA IDENTITY FULL; '
+                'before the task starts.' % _qname(foreign[0]['schema'], foreign[0]['name']), found))
+        return _with_unreachable(ctx, _item(
+            cid, WARNING, '%s no primary key or usable replica identity; the task sets REPLICA IDENTITY FULL on %s '
+            'on the source before it publishes %s (replica_identity: full): %s. %s'
+            % (_plural(len(found), 'table has', 'tables have'), 'it' if len(found) == 1 else 'them',
+               'it' if len(found) == 1 else 'them', shown, cost),
+            'A primary key is cheaper; REPLICA IDENTITY FULL stays set after the task (ALTER TABLE ... REPLICA '
+            'IDENTITY DEFAULT undoes it).', found))
     if ctx.plugin == 'pgoutput':
-        effect = ('with pgoutput, UPDATE and DELETE on %s fail on the source ("cannot update table ... because it does '
-                  'not have a replica identity and publishes updates") while %s in the task\'s publication'
-                  % (('it', 'it is') if len(found) == 1 else ('them', 'they are')))
+        effect = ('a publication of %s updates would make every UPDATE and DELETE on %s fail on the source ("cannot '
+                  'update table ... because it does not have a replica identity and publishes updates"), and the '
+                  'task never publishes %s so' % (('its', 'it', 'it') if len(found) == 1 else ('their', 'them', 'them')))
     else:
-        effect = ('%s updates and deletes reach the destination without a key and cannot be matched to a row'
+        effect = ('%s updates and deletes would reach the destination without a key and could not be matched to a row'
                   % ('its' if len(found) == 1 else 'their'))
     statements = ' '.join('ALTER TABLE %s REPLICA IDENTITY FULL;' % _qname(o['schema'], o['name']) for o in found[:3])
     return _with_unreachable(ctx, _item(
-        cid, WARNING, '%s no primary key or usable replica identity: %s: %s'
+        cid, FAILED, '%s no primary key or usable replica identity: %s: %s'
         % (_plural(len(found), 'table has', 'tables have'), effect, shown),
-        'Add a primary key, or in the table\'s database: %s%s (FULL logs the whole old row on every update and delete).'
-        % (statements, ' ...' if len(found) > 3 else ''), found))
+        'Add a primary key; or in the table\'s database: %s%s; or start the task with replica_identity: full (the '
+        'task sets it; %s) or replica_identity: exclude (the tables are left out: not copied, synced or compared).'
+        % (statements, ' ...' if len(found) > 3 else '', cost), found))
 
 
 _ENABLED = {'O': 'origin', 'D': 'disabled', 'R': 'replica', 'A': 'always'}
@@ -1578,11 +1650,13 @@ def check_unlogged(ctx):
                                             % (_plural(len(found), 'selected table is', 'selected tables are'), shown),
                                             '', found))
     return _with_unreachable(ctx, _item(
-        cid, WARNING, '%s unlogged: the full copy includes the rows, but changes to unlogged tables are not written to '
-                      'WAL, so the incremental sync never sees them: %s'
+        cid, WARNING, '%s unlogged: changes to unlogged tables are not written to WAL, so the incremental sync cannot '
+                      'see them; the full copy copies them, the publication and the sync leave them out, and '
+                      'pg_dts_finish copies them again (TRUNCATE and COPY) under the write fence, which lengthens the '
+                      'fence by their copy time: %s'
                       % (_plural(len(found), 'selected table is', 'selected tables are'), shown),
-        'ALTER TABLE %s SET LOGGED; before the migration (it rewrites the table), or exclude them and copy them again '
-        'at cutover.' % _qname(found[0]['schema'], found[0]['name']), found))
+        'ALTER TABLE %s SET LOGGED; before the migration (it rewrites the table) to have them synced continuously '
+        'instead.' % _qname(found[0]['schema'], found[0]['name']), found))
 
 
 def check_materialized_views(ctx):
@@ -2125,6 +2199,7 @@ CHECKS = (
     check_distinct,
     check_source_version,
     check_destination_version,
+    check_client_programs,
     check_source_recovery,
     check_destination_recovery,
     check_wal_level,
@@ -2167,7 +2242,8 @@ CHECKS = (
 
 CHECK_IDS = (
     'task.name', 'source.connection', 'destination.connection', 'source.databases', 'source.replication_connection',
-    'servers.distinct', 'source.version', 'destination.version', 'source.recovery', 'destination.recovery',
+    'servers.distinct', 'source.version', 'destination.version',
+    'worker.client_programs', 'source.recovery', 'destination.recovery',
     'source.wal_level', 'source.replication_slots', 'source.wal_senders', 'source.max_slot_wal_keep_size',
     'source.wal_sender_timeout', 'source.statement_timeout', 'source.idle_in_transaction_session_timeout',
     'source.replication_privilege', 'source.select_privilege', 'source.row_security', 'source.fence_privilege',
@@ -2210,11 +2286,14 @@ def task_is_resumable(destination, task):
 
 
 def run_checks(source, destination, task, databases=None, tables=None, exclude_tables=None, plugin='pgoutput',
-               incremental=True, resuming=False, migrate_roles=False):
+               incremental=True, resuming=False, migrate_roles=False, replica_identity='fail',
+               pg_bindir=None):
     """source/destination: connection.ServerSpec. Returns a list of CheckItem dicts
     {'id': str, 'status': 'pass'|'warning'|'failed', 'message': str, 'hint': str, 'objects': list}."""
     ctx = _Ctx(source, destination, task, databases, tables, exclude_tables, plugin, incremental, resuming,
                migrate_roles)
+    ctx.replica_identity = replica_identity or 'fail'
+    ctx.pg_bindir = pg_bindir
     try:
         task_state.validate_task_name(task)
         ctx.object_re = task_state.object_name_re(task)

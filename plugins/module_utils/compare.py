@@ -775,8 +775,8 @@ def compare_tables(source, destination, dbname, tables, mode='checksum', jobs=4,
                    sample_limit=10, dest_dbname=None, hash_method='auto'):
     """Compare tables of database `dbname` on source and destination (`dest_dbname` on the destination if given).
 
-    source/destination: connection.ServerSpec; tables: catalog.Table objects of the source (only relkind 'r' is
-    compared, others are skipped). mode: 'count' | 'checksum'. One dict per compared table, in the given order:
+    source/destination: connection.ServerSpec; tables: catalog.Table objects of the source (tables, relkind 'r', and
+    materialized views, relkind 'm', read with SELECT; others are skipped). mode: 'count' | 'checksum'. One dict per compared table, in the given order:
     {'database', 'schema', 'table', 'source_rows', 'destination_rows', 'result': 'match'|'mismatch'|'error', 'mode',
      'chunks': n, 'mismatched_chunks': [{'from': key|None, 'to': key|None, 'kind', 'source_rows',
      'destination_rows'}] (at most 20; a chunk holds keys >= from and < to), 'mismatched_chunk_count': n,
@@ -790,7 +790,7 @@ def compare_tables(source, destination, dbname, tables, mode='checksum', jobs=4,
     _validate(mode, jobs, chunk_rows, sample_limit, hash_method)
     if not dbname:
         raise CompareError('dbname is required')
-    tables = [t for t in tables if t.relkind == 'r']
+    tables = [t for t in tables if t.relkind in ('r', 'm')]
     if not tables:
         return []
     comparison = _Comparison(source, destination, dbname, mode, jobs, chunk_rows, sample_limit, dest_dbname, hash_method)

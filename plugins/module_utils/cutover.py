@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import time
 
-from ansible_collections.pgdts.migration.plugins.module_utils import catalog, compare as compare_mod, schema, task_state
+from ansible_collections.pgdts.migration.plugins.module_utils import catalog, proof, schema, scope, task_state
+from ansible_collections.pgdts.migration.plugins.module_utils import sync_scope as scope_mod
 from ansible_collections.pgdts.migration.plugins.module_utils import apply as apply_mod, checks
 from ansible_collections.pgdts.migration.plugins.module_utils import worker_process as worker
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import connect, query_value, sql
@@ -30,6 +31,8 @@ class Finisher:
         self.params = params
         self.name = control.name
         self.fenced = []
+        self.scope_result = {}
+        self.left_out = {}   # {dbname: [(schema, table)]} left out by replica_identity: exclude (not in the proof)
 
     def log(self, store, message):
         store.add_log(self.name, message)
@@ -107,16 +110,64 @@ class Finisher:
                                        % (timeout, task_state.lsn_text(target)), task=self.control.report(store))
             time.sleep(0.1)
 
-    def compare(self, store, databases):
-        mode = self.params.get('compare', 'checksum')
-        results = []
+    def check_scope(self, store, databases):
+        """Under the fence, after the catch-up: read the source catalog for tables in the task's scope that the task
+        does not carry (created during the sync; DDL is not replicated) and refuse to finish while one exists. New
+        partitions of the task's partitioned tables that the destination has (same name, same parent) join the task,
+        so that the comparison covers them. Lists the tables left out by replica_identity: exclude."""
+        spec = store.get_task(self.name)['spec'] or {}
+        problems, adopted, left_out = [], [], []
         for dbname in databases:
-            wanted = {(r['schema'], r['table']) for r in store.tables(self.name, dbname)}
+            known = {(r['schema'], r['table']) for r in store.tables(self.name, dbname)}
+            watch = scope_mod.Scope(dbname, spec.get('tables'), spec.get('exclude_tables'), known,
+                                    spec.get('replica_identity'))
+            with connect(self.control.source, dbname, application_name='pgdts-finish') as conn:
+                adopt, found = watch.classify(conn, self.control.destination)
+                if spec.get('replica_identity') == 'exclude':
+                    chosen = catalog.select_tables(catalog.load_tables(conn, dbname), spec.get('tables'),
+                                                   spec.get('exclude_tables'))
+                    gone = [t for t in chosen if scope_mod.lacks_identity(t) and (t.schema, t.name) not in known]
+                    self.left_out[dbname] = [(t.schema, t.name) for t in gone]
+                    left_out += ['%s.%s' % (dbname, scope_mod.display(t)) for t in gone]
+            problems += ['database "%s": %s' % (dbname, p) for p in found]
+            if adopt:
+                store.register_tables(self.name, dbname, adopt)
+                store.tables_copied(self.name, dbname, [(t, 0, 0) for t in adopt], 0)
+                adopted += ['%s.%s' % (dbname, scope_mod.display(t)) for t in adopt]
+        if problems:
+            raise TaskControlError('task %s not finished: %s; the sync keeps running' % (self.name, '; '.join(problems)))
+        if adopted:
+            self.scope_result['adopted_partitions'] = adopted
+        self.scope_result['left_out'] = left_out
+
+    def recopy_unlogged(self, store, databases):
+        """Under the fence, after the catch-up: copy the task's UNLOGGED tables again (their changes are not in the
+        WAL, so the sync never saw them), before the comparison."""
+        done = []
+        for dbname in databases:
+            known = {(r['schema'], r['table']) for r in store.tables(self.name, dbname)}
+            with connect(self.control.source, dbname, application_name='pgdts-finish') as conn:
+                tables = scope_mod.unlogged_tables(conn, dbname, known)
+            for table, rows in scope_mod.recopy_unlogged(self.control.source, self.control.destination, dbname, tables):
+                done.append({'database': dbname, 'schema': table.schema, 'table': table.name, 'rows': rows})
+        if done:
+            self.log(store, 'finish: unlogged table(s) copied again under the fence: %s' % ', '.join(
+                '%s.%s.%s (%d rows)' % (d['database'], d['schema'], d['table'], d['rows']) for d in done))
+        self.scope_result['unlogged_recopied'] = done
+
+    def compare(self, store, databases):
+        """The proof: everything in the task's scope, read from the source catalog now (under the fence), not from the
+        tables the task registered; see proof.py."""
+        spec = store.get_task(self.name)['spec'] or {}
+        scopes, existing = [], {}
+        for dbname in databases:
             with connect(self.control.source, dbname, application_name='pgdts-compare') as conn:
-                tables = [t for t in catalog.load_tables(conn, dbname) if (t.schema, t.name) in wanted and t.has_storage]
-            results.extend(compare_mod.compare_tables(self.control.source, self.control.destination, dbname, tables,
-                                                      mode=mode, jobs=int(self.params.get('jobs') or 4)))
-        return results, compare_mod.summarize(results)
+                scopes.append(scope.read_task_scope(conn, dbname, spec))
+            scopes[-1].left_out = list(self.left_out.get(dbname, []))
+            existing[dbname] = store.existing_objects(self.name, dbname)
+        return proof.prove(self.control.source, self.control.destination, scopes,
+                           mode=self.params.get('compare', 'checksum'), jobs=int(self.params.get('jobs') or 4),
+                           existing=existing, compare_owners=bool(spec.get('migrate_roles')))
 
     def run(self):
         control = self.control
@@ -176,6 +227,8 @@ class Finisher:
                 'source fenced read-only' if fence == 'read_only' else 'no fence', task_state.lsn_text(target)))
             self.wait_applied(store, target, int(self.params.get('wait_timeout') or 600))
             phase('catch_up')
+            self.check_scope(store, databases)
+            self.recopy_unlogged(store, databases)
             if (store.get_task(self.name)['spec'] or {}).get('plugin') == 'wal2json':
                 self.repair_wal2json_nulls(store, databases)
             sequences = []
@@ -191,10 +244,7 @@ class Finisher:
                 comparison, summary = self.compare(store, databases)
             phase('compare')
             if summary and (summary.get('mismatch') or summary.get('error')):
-                message = 'data comparison found %d mismatched and %d failed table(s): %s' % (
-                    summary.get('mismatch', 0), summary.get('error', 0),
-                    ', '.join('%s.%s.%s' % (c['database'], c['schema'], c['table']) for c in comparison
-                              if c['result'] != 'match'))
+                message = proof.failure_message(comparison, summary)
                 if self.params.get('on_mismatch', 'fail') == 'fail':
                     raise TaskControlError('task %s not finished: %s; the sync keeps running' % (self.name, message),
                                            comparison=comparison, comparison_summary=summary)
@@ -222,7 +272,9 @@ class Finisher:
         finish = {'final_lsn': task_state.lsn_text(target), 'sequences': sequences, 'comparison': comparison,
                   'comparison_summary': summary, 'downtime_seconds': downtime, 'terminated_sessions': terminated,
                   'source_fenced': bool(self.fenced), 'phase_seconds': phases}
+        finish.update(self.scope_result)
         store.finish_task(self.name, 'finished', {'finish': finish})
         store.add_log(self.name, 'finished: sync ended, slots, publications and origins dropped')
         worker.remove_task_dir(control.paths)
-        return control.result(store, True, 'finished', 'task %s finished' % self.name, before_stage='sync', **finish)
+        return control.result(store, True, 'finished', 'task %s finished%s' % (
+            self.name, '; proof: %s' % summary['text'] if summary else ''), before_stage='sync', **finish)

@@ -180,11 +180,31 @@ def _publication_exists(conn, name):
         return cur.fetchone() is not None
 
 
+def _leaf_partitions(conn, tables):
+    """(schema, table) pairs with each partitioned table replaced by its leaf partitions, in order, once each."""
+    out = []
+    with conn.cursor() as cur:
+        for schema, table in tables:
+            cur.execute("SELECT n.nspname, c.relname FROM pg_catalog.pg_partition_tree(%s::regclass) t "
+                        "JOIN pg_catalog.pg_class c ON c.oid = t.relid "
+                        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE t.isleaf ORDER BY t.level, c.relname",
+                        (sql.Identifier(schema, table).as_string(conn),))
+            leaves = [tuple(r) for r in cur.fetchall()] or [(schema, table)]
+            out += [leaf for leaf in leaves if leaf not in out]
+    return out
+
+
 def create_publication(conn, name, tables):
     """Create publication `name` FOR TABLE `tables` ((schema, table) pairs); if it exists, set its table list.
 
-    Create it before the slot: pgoutput looks the publication up as of the decoded WAL."""
+    Create it before the slot: pgoutput looks the publication up as of the decoded WAL.
+    PostgreSQL 12 cannot publish a partitioned table: there its leaf partitions are published instead (13+ publishes
+    the partitioned table, whose changes pgoutput reports on the leaf partitions as well, without
+    publish_via_partition_root), so the changes reach the same partitions of the destination on every major."""
     tables = [tuple(t) for t in tables]
+    if conn.info.server_version < 130000:
+        tables = _leaf_partitions(conn, tables)
     targets = sql.SQL(', ').join(sql.Identifier(schema, table) for schema, table in tables)
     with conn.cursor() as cur:
         if _publication_exists(conn, name):

@@ -9,9 +9,9 @@ import glob
 import json
 import os
 import re
-import shutil
 import subprocess
 import tempfile
+import time
 
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import (
     WRITER_OPTIONS, connect, dbname_conninfo, query_all, query_one, query_value, sql,
@@ -22,26 +22,110 @@ class SchemaError(Exception):
     """A schema step failed; the message names the step and carries the client program's error."""
 
 
-def client_program(name, bindir=None, minimum_major=None):
-    """Path of a PostgreSQL client program: `bindir` if given, else the newest /usr/lib/postgresql/*/bin, else PATH."""
-    if bindir:
-        path = os.path.join(bindir, name)
-        if not os.path.exists(path):
-            raise SchemaError('%s not found in %s' % (name, bindir))
-        return path
-    candidates = []
-    for path in glob.glob('/usr/lib/postgresql/*/bin/%s' % name):
+_VERSION_CACHE = {}
+
+
+def client_major(path):
+    """Major version of a client program (`pg_dump --version` -> 18), None when it does not run."""
+    try:
+        key = (os.path.realpath(path), os.stat(path).st_mtime)
+    except OSError:
+        return None
+    if key not in _VERSION_CACHE:
         try:
-            candidates.append((int(path.split('/')[4]), path))
-        except ValueError:
+            out = subprocess.run([path, '--version'], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False,
+                                 timeout=30).stdout.decode('utf-8', 'replace')
+        except (OSError, subprocess.SubprocessError):
+            out = ''
+        match = re.search(r'\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?', out)
+        major = None
+        if match:
+            major = int(match.group(1))
+            if major < 10:
+                major = major * 10000 + int(match.group(2) or 0)    # 9.6 -> 90006, older than any 10+
+        _VERSION_CACHE[key] = major
+    return _VERSION_CACHE[key]
+
+
+def client_candidates(name, bindir=None):
+    """[(major, path)] of every `name` program found: `bindir`, /usr/lib/postgresql/*/bin, /usr/pgsql-*/bin, PATH."""
+    paths = []
+    if bindir:
+        paths.append(os.path.join(bindir, name))
+    paths += sorted(glob.glob('/usr/lib/postgresql/*/bin/%s' % name)) + sorted(glob.glob('/usr/pgsql-*/bin/%s' % name))
+    for directory in os.environ.get('PATH', os.defpath).split(os.pathsep):
+        if directory:
+            paths.append(os.path.join(directory, name))
+    found, seen = [], set()
+    for path in paths:
+        if not os.path.isfile(path) or not os.access(path, os.X_OK) or os.path.realpath(path) in seen:
             continue
-    if candidates:
-        major, path = max(candidates)
-        if minimum_major is None or major >= minimum_major:
-            return path
-    found = shutil.which(name)
-    if not found:
+        seen.add(os.path.realpath(path))
+        major = client_major(path)
+        if major is not None:
+            found.append((major, path))
+    return found
+
+
+# pg_restore 17 and newer start every session with SET transaction_timeout, which servers before 17 reject
+TRANSACTION_TIMEOUT_MAJOR = 17
+
+
+def client_bounds(source_version, dest_version):
+    """(minimum, maximum or None) major of the pg_dump/pg_restore/psql a task between these servers can use.
+
+    pg_dump refuses a server newer than itself and pg_restore an archive of a newer pg_dump: at least the newer of
+    the two servers. pg_restore of 17+ sends SET transaction_timeout, unknown before 17: at most 16 for such a
+    destination."""
+    low = max(source_version, dest_version) // 10000
+    high = TRANSACTION_TIMEOUT_MAJOR - 1 if dest_version // 10000 < TRANSACTION_TIMEOUT_MAJOR else None
+    return low, high
+
+
+def _fits(major, minimum_major, maximum_major):
+    return (minimum_major is None or major >= minimum_major) and (maximum_major is None or major <= maximum_major)
+
+
+def _wanted(minimum_major, maximum_major):
+    if maximum_major is None:
+        return 'PostgreSQL %d or newer' % minimum_major
+    if minimum_major == maximum_major:
+        return 'PostgreSQL %d' % minimum_major
+    return 'PostgreSQL %d to %d' % (minimum_major, maximum_major)
+
+
+def client_program(name, bindir=None, minimum_major=None, maximum_major=None):
+    """Path of a PostgreSQL client program of a major between `minimum_major` and `maximum_major` (client_bounds).
+
+    `bindir` (the pg_bindir option) is used when its program fits; otherwise the newest that fits among Debian's
+    /usr/lib/postgresql/*/bin, /usr/pgsql-*/bin and PATH. Raises SchemaError naming what was found when none fits."""
+    if bindir and not os.path.isfile(os.path.join(bindir, name)):
+        raise SchemaError('%s not found in %s (pg_bindir)' % (name, bindir))
+    candidates = client_candidates(name, bindir)
+    if bindir and candidates and candidates[0][1] == os.path.join(bindir, name):
+        if _fits(candidates[0][0], minimum_major, maximum_major):
+            return candidates[0][1]
+    best = None
+    for major, path in candidates:
+        if _fits(major, minimum_major, maximum_major) and (best is None or major > best[0]):
+            best = (major, path)
+    if best is None and not candidates:
         raise SchemaError('%s is not installed on the worker host (install the PostgreSQL client package)' % name)
+    if best is None:
+        need = _wanted(minimum_major, maximum_major)
+        raise SchemaError('%s of %s is needed, found only %s' % (
+            name, need, ', '.join('%s (%s)' % (p, m) for m, p in candidates)))
+    return best[1]
+
+
+def client_bindir(bindir, source_version, dest_version):
+    """The directory whose pg_dump and pg_restore (and psql, when there) a task between these servers runs: one
+    directory, so that pg_restore reads what pg_dump wrote. Raises SchemaError."""
+    low, high = client_bounds(source_version, dest_version)
+    pg_dump = client_program('pg_dump', bindir, low, high)
+    found = os.path.dirname(pg_dump)
+    if not os.path.isfile(os.path.join(found, 'pg_restore')):
+        raise SchemaError('pg_restore is missing next to %s' % pg_dump)
     return found
 
 
@@ -80,7 +164,23 @@ def ensure_database(dest_admin_conn, dbname, properties):
 
 
 def drop_database(dest_admin_conn, dbname):
-    dest_admin_conn.execute(sql.SQL('DROP DATABASE IF EXISTS {} WITH (FORCE)').format(sql.Identifier(dbname)))
+    if dest_admin_conn.info.server_version >= 130000:
+        dest_admin_conn.execute(sql.SQL('DROP DATABASE IF EXISTS {} WITH (FORCE)').format(sql.Identifier(dbname)))
+        return
+    # before 13 there is no FORCE: keep new sessions out, end the ones connected, then drop
+    import psycopg
+    if not database_exists(dest_admin_conn, dbname):
+        return
+    dest_admin_conn.execute(sql.SQL('ALTER DATABASE {} ALLOW_CONNECTIONS false').format(sql.Identifier(dbname)))
+    dest_admin_conn.execute('SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity '
+                            'WHERE datname = %s AND pid <> pg_catalog.pg_backend_pid()', (dbname,))
+    for _attempt in range(50):
+        try:
+            dest_admin_conn.execute(sql.SQL('DROP DATABASE IF EXISTS {}').format(sql.Identifier(dbname)))
+            return
+        except psycopg.errors.ObjectInUse:
+            time.sleep(0.1)
+    raise SchemaError('database "%s" is still in use on the destination: it could not be dropped' % dbname)
 
 
 def quote_pattern(name):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import time
 
 from ansible_collections.pgdts.migration.plugins.module_utils import catalog, schema, task_state
@@ -19,7 +20,8 @@ from ansible_collections.pgdts.migration.plugins.module_utils.task_state import 
 # Options that define what a task migrates: a re-run with other values names a different task.
 IDENTITY_KEYS = ('tables', 'exclude_tables', 'plugin', 'incremental')
 SPEC_KEYS = ('databases', 'tables', 'exclude_tables', 'plugin', 'incremental', 'jobs', 'start_at',
-             'protect_destination', 'migrate_roles', 'retry_timeout', 'maintenance_work_mem')
+             'protect_destination', 'migrate_roles', 'retry_timeout', 'maintenance_work_mem', 'replica_identity',
+             'pg_bindir')
 
 
 class TaskControlError(Exception):
@@ -115,7 +117,7 @@ class TaskControl:
         if not value:
             return None
         try:
-            return worker.parse_time(value).isoformat()
+            return task_state.parse_time(value).isoformat()
         except ValueError:
             raise TaskControlError('start_at %r is not an ISO 8601 time such as 2026-12-01T02:00:00+01:00' % value)
 
@@ -145,6 +147,9 @@ class TaskControl:
             self.params['maintenance_work_mem'] = schema.memory_setting(self.params.get('maintenance_work_mem'))
         except ValueError as exc:
             raise TaskControlError('maintenance_work_mem: %s' % exc) from None
+        if self.params.get('pg_bindir') and not os.path.isfile(os.path.join(self.params['pg_bindir'], 'pg_dump')):
+            raise TaskControlError('pg_bindir: no pg_dump in %s (give the bin directory of the PostgreSQL client '
+                                   'programs, e.g. /usr/lib/postgresql/18/bin)' % self.params['pg_bindir'])
         store = self.open_store(create=False)
         task = store.get_task(self.name) if store else None
         if task and task['stage'] != 'cancelled':
@@ -172,7 +177,9 @@ class TaskControl:
                                       tables=self.params.get('tables'), exclude_tables=self.params.get('exclude_tables'),
                                       plugin=self.params.get('plugin', 'pgoutput'),
                                       incremental=self.params.get('incremental', True), resuming=False,
-                                      migrate_roles=self.params.get('migrate_roles', False))
+                                      migrate_roles=self.params.get('migrate_roles', False),
+                                      replica_identity=self.params.get('replica_identity') or 'fail',
+                                      pg_bindir=self.params.get('pg_bindir'))
         failed = [c for c in items if c['status'] == 'failed']
         if failed:
             raise TaskControlError('task %s not started: %d check(s) failed: %s' % (

@@ -22,7 +22,7 @@ import threading
 import time
 import traceback
 
-from ansible_collections.pgdts.migration.plugins.module_utils import catalog, schema, task_state
+from ansible_collections.pgdts.migration.plugins.module_utils import catalog, schema, sync_scope as scope, task_state
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import (
     WRITER_OPTIONS, ConnectionFailure, ServerSpec, connect, query_value, sql,
 )
@@ -262,7 +262,7 @@ class TaskRunner:
                 self.stop_event.wait(min(10.0, 0.5 + waited / 4))
 
     def wait_for_start(self):
-        start_at = parse_time(self.spec.get('start_at'))
+        start_at = task_state.parse_time(self.spec.get('start_at'))
         if start_at is None:
             return
         self.event('scheduled: waiting until %s' % start_at.isoformat())
@@ -296,6 +296,15 @@ class TaskRunner:
             else:
                 self.resume_copy(dbname)
 
+    def client_bindir(self):
+        """Directory of the pg_dump / pg_restore / psql of this task (schema.client_bindir), found once."""
+        if getattr(self, '_client_bindir', None) is None:
+            with connect(self.source, application_name='pgdts-worker') as src, \
+                    connect(self.destination, application_name='pgdts-worker') as dst:
+                self._client_bindir = schema.client_bindir(self.spec.get('pg_bindir'), src.info.server_version,
+                                                           dst.info.server_version)
+        return self._client_bindir
+
     def load_database(self, dbname, row):
         """Fresh start for one database: slot with exported snapshot, schema, copy of every table under it."""
         from ansible_collections.pgdts.migration.plugins.module_utils import decoding
@@ -305,6 +314,7 @@ class TaskRunner:
         with connect(self.destination, application_name='pgdts-worker') as admin, \
                 connect(self.source, application_name='pgdts-worker') as src_admin:
             props = schema.database_properties(src_admin, dbname)
+            dest_version = admin.info.server_version
             created = schema.ensure_database(admin, dbname, props)
             if created:
                 self.store.update_database(self.name, dbname, created_database=True)
@@ -318,9 +328,10 @@ class TaskRunner:
             all_tables, chosen = self.selected_tables(src, dbname)
             decoding.drop_slot(src, name, missing_ok=True)
             decoding.drop_publication(src, name, missing_ok=True)
+            chosen = self.identity_checked(src, dbname, chosen)
             if plugin == 'pgoutput':
-                decoding.create_publication(src, name, [(t.schema, t.name) for t in chosen])
-            major = src.info.server_version // 10000
+                decoding.create_publication(src, name, [(t.schema, t.name) for t in scope.publication_tables(chosen)])
+            major = max(src.info.server_version, dest_version) // 10000     # pg_dump/pg_restore at least this
         self.store.register_tables(self.name, dbname, chosen)
         self.store.reset_unfinished_tables(self.name, dbname)
         repl = connect(self.source, dbname, application_name='pgdts-snapshot', replication='database')
@@ -331,7 +342,8 @@ class TaskRunner:
             dump_path = schema.temp_dump_path(self.paths.work, task_state.database_tag(dbname))
             whole = not self.spec.get('tables') and not self.spec.get('exclude_tables')
             schema.dump_schema(self.source, dbname, snapshot, schema.dump_arguments(all_tables, chosen, whole), dump_path,
-                               keep_owners=self.spec.get('migrate_roles', False), server_major=major)
+                               keep_owners=self.spec.get('migrate_roles', False), server_major=major,
+                               bindir=self.client_bindir())
             self.log('database "%s": schema dumped' % dbname)
             with open(dump_path, 'rb') as handle:
                 self.store.update_database(self.name, dbname, schema_dump=handle.read())
@@ -339,7 +351,8 @@ class TaskRunner:
                 if retry:
                     retry = self.drop_partial_schema(dbname)
                 schema.restore_section(self.destination, dbname, dump_path, 'pre-data', clean=retry,
-                                       keep_owners=self.spec.get('migrate_roles', False))
+                                       keep_owners=self.spec.get('migrate_roles', False),
+                                       bindir=self.client_bindir())
                 self.store.update_database(self.name, dbname, schema_done=True)
                 self.event('database "%s": schema (pre-data) restored' % dbname)
                 self.store.set_stage(self.name, 'copy')
@@ -367,6 +380,21 @@ class TaskRunner:
             self.event('database "%s": dropped %d object(s) an earlier schema restore of the task left: %s' % (
                 dbname, len(dropped), ', '.join('%s %s' % item for item in dropped[:10])))
         return False
+
+    def identity_checked(self, src, dbname, chosen):
+        """Before the publication exists: the tables without a usable replica identity get what the replica_identity
+        option says (a publication of their updates would make the source's UPDATE and DELETE on them fail). Without
+        incremental sync nothing reads the publication: such tables are copied and left out of it (publication_tables)."""
+        if not self.spec.get('incremental', True):
+            return chosen
+        kept, set_full, left_out = scope.apply_identity_option(src, chosen, self.spec.get('replica_identity') or 'fail')
+        if set_full:
+            self.event('database "%s": REPLICA IDENTITY FULL set on the source for %s (replica_identity: full)'
+                       % (dbname, ', '.join(scope.display(t) for t in set_full)))
+        if left_out:
+            self.event('database "%s": left out of the task (no usable replica identity, replica_identity: exclude; '
+                       'not copied, synced or compared): %s' % (dbname, ', '.join(scope.display(t) for t in left_out)))
+        return kept
 
     def resume_copy(self, dbname):
         """After a crash during the copy: keep copied tables, copy the others under a new snapshot."""
@@ -417,7 +445,8 @@ class TaskRunner:
             pages = table_pages(src, tables)
             if dump_path:
                 with connect(self.destination, dbname, application_name='pgdts-worker') as dst:
-                    plan, _built = schema.table_post_data(src, dst, schema.toc_entries(dump_path))
+                    entries = schema.toc_entries(dump_path, self.client_bindir())
+                    plan, _built = schema.table_post_data(src, dst, entries)
         items = plan_items(tables, pages, jobs)
         store = self.store
         copied = copy_mod.CopiedBatch(lambda batch: store.tables_copied(self.name, dbname, batch, copy_lsn))
@@ -426,7 +455,7 @@ class TaskRunner:
             builder = copy_mod.IndexBuilder(
                 plan, lambda lines, started: schema.restore_entries(
                     self.destination, dbname, dump_path, lines, jobs=jobs, keep_owners=keep_owners, started=started,
-                    maintenance_work_mem=self.spec.get('maintenance_work_mem')),
+                    maintenance_work_mem=self.spec.get('maintenance_work_mem'), bindir=self.client_bindir()),
                 lambda: connect(self.destination, dbname, application_name='pgdts-analyze', options=WRITER_OPTIONS),
                 stop_event=self.stop_event, log=self.log)
 
@@ -445,7 +474,7 @@ class TaskRunner:
                 builder.table_done(table)
 
         try:
-            psql = schema.client_program('psql')
+            psql = schema.client_program('psql', self.client_bindir())
         except schema.SchemaError:
             psql = None
         copier = ParallelCopy(self.source, self.destination, dbname, snapshot, jobs, started, progress, done,
@@ -482,6 +511,7 @@ class TaskRunner:
         jobs = int(self.spec.get('jobs', 4))
         keep_owners = self.spec.get('migrate_roles', False)
         index_memory = self.spec.get('maintenance_work_mem')
+        bindir = self.client_bindir()
         for row in self.store.databases(self.name):
             self.check_stop()
             dbname = row['dbname']
@@ -495,16 +525,18 @@ class TaskRunner:
                 # indexes and constraints built during the copy (or by an interrupted earlier attempt) are left out
                 with connect(self.source, dbname, application_name='pgdts-worker') as src, \
                         connect(self.destination, dbname, application_name='pgdts-worker') as dst:
-                    _plan, built = schema.table_post_data(src, dst, schema.toc_entries(dump_path))
+                    _plan, built = schema.table_post_data(src, dst, schema.toc_entries(dump_path, bindir))
                 # nothing left (every post-data object was built during the copy): no pg_restore session at all
-                if any(e.line not in built for e in schema.toc_entries(dump_path, section='post-data')):
+                if any(e.line not in built for e in schema.toc_entries(dump_path, bindir, section='post-data')):
                     try:
                         schema.restore_section(self.destination, dbname, dump_path, 'post-data', jobs=jobs,
-                                               keep_owners=keep_owners, skip=built, maintenance_work_mem=index_memory)
+                                               keep_owners=keep_owners, skip=built, maintenance_work_mem=index_memory,
+                                               bindir=bindir)
                     except schema.SchemaError:
                         # A retry after a crash may find part of the post-data already built: restore with --clean.
                         schema.restore_section(self.destination, dbname, dump_path, 'post-data', jobs=jobs,
-                                               clean=True, keep_owners=keep_owners, maintenance_work_mem=index_memory)
+                                               clean=True, keep_owners=keep_owners, maintenance_work_mem=index_memory,
+                                               bindir=bindir)
             finally:
                 os.unlink(dump_path)
             self.log('database "%s": post-data restored' % dbname)
@@ -593,14 +625,23 @@ class SyncLoop:
         self.batch_changes = int(runner.spec.get('batch_changes', 20000))
         self.poll_seconds = float(runner.spec.get('poll_interval', 0.2))
         self.max_retry_seconds = float(runner.spec.get('retry_timeout', 600))
+        self.scope = None           # scope.Scope of this database, set by each session
+        self.scope_checked = 0.0
+        self.ignored = set()        # (schema, table) of changes found out of scope since the last catalog check
+        self.partitioned = False    # the task has a partitioned table (its new partitions are synced)
 
-    def table_metas(self, conn):
+    def table_metas(self, conn, known=None):
+        """The apply metadata of the task's tables (`known`: the (schema, table) pairs it registered) that the sync
+        carries: not partitioned parents (no rows), not unlogged tables (no WAL; finish copies them again)."""
         from ansible_collections.pgdts.migration.plugins.module_utils import apply
         _all, chosen = self.runner.selected_tables(conn, self.dbname)
         metas = {}
+        self.partitioned = any(t.relkind == 'p' for t in chosen if known is None or (t.schema, t.name) in known)
         for table in chosen:
-            if not table.has_storage:
+            if not table.has_storage or table.relpersistence == 'u':
                 continue
+            if known is not None and (table.schema, table.name) not in known:
+                continue      # in scope now, but not part of the task (the scope watch decides about it)
             metas[(table.schema, table.name)] = apply.TableMeta(
                 table.schema, table.name, [(c.name, c.type_name, bool(c.generated)) for c in table.columns],
                 list(table.key_columns), table.key_kind)
@@ -628,8 +669,11 @@ class SyncLoop:
         """After a sync error: raise SlotInvalidated (from exc) when the task's slot was dropped or invalidated."""
         try:
             with connect(self.runner.source, self.dbname, application_name='pgdts-worker') as conn:
-                row = conn.execute('SELECT wal_status, restart_lsn::text, confirmed_flush_lsn::text FROM '
-                                   'pg_catalog.pg_replication_slots WHERE slot_name = %s', (self.name,)).fetchone()
+                # wal_status exists from 13 on; a 12 slot is never invalidated (no max_slot_wal_keep_size)
+                status = sql.SQL('wal_status' if conn.info.server_version >= 130000 else 'NULL::text')
+                row = conn.execute(sql.SQL('SELECT {}, restart_lsn::text, confirmed_flush_lsn::text FROM '
+                                           'pg_catalog.pg_replication_slots WHERE slot_name = %s').format(status),
+                                   (self.name,)).fetchone()
                 keep = query_value(conn, "SELECT pg_catalog.current_setting('max_slot_wal_keep_size', true)")
         except Exception:  # pylint: disable=broad-except
             return       # cannot tell: the original error stands
@@ -669,7 +713,10 @@ class SyncLoop:
         with connect(runner.source, self.dbname, application_name='pgdts-decode', options=WRITER_OPTIONS) as src, \
                 connect(runner.destination, self.dbname, autocommit=False, application_name='pgdts-apply',
                         options=WRITER_OPTIONS) as dst:
-            metas = self.table_metas(src)
+            metas = self.table_metas(src, set(copy_lsn))
+            self.scope = scope.Scope(self.dbname, runner.spec.get('tables'), runner.spec.get('exclude_tables'),
+                                     set(copy_lsn), runner.spec.get('replica_identity'))
+            self.scope_checked = 0.0
             applier = apply.Applier(dst, self.name, metas, copy_lsn)
             applier.setup()
             runner.log('database "%s": applying from origin position %s' % (self.dbname, lsn_text(applier.applied_lsn())))
@@ -693,13 +740,25 @@ class SyncLoop:
                             'functions for this session' % (self.dbname, first_line(exc)))
         else:
             try:
-                return decoding.StreamReader(src, repl, self.name, plugin, publication=self.name, tables=list(metas),
+                return decoding.StreamReader(src, repl, self.name, plugin, publication=self.name,
+                                             tables=self.reader_tables(plugin, metas),
                                              queue_changes=max(4 * self.batch_changes, 50000))
             except BaseException:
                 repl.close()
                 raise
-        return decoding.SlotReader(src, self.name, plugin, publication=self.name, tables=list(metas),
+        return decoding.SlotReader(src, self.name, plugin, publication=self.name, tables=self.reader_tables(plugin, metas),
                                    advance_interval=SQL_ADVANCE_SECONDS)
+
+    def reader_tables(self, plugin, metas):
+        """The reader's table filter: None (no filter) where changes of tables the task does not know yet must reach
+        the sync (see watch_changes): with pgoutput the publication already limits them to the task's tables and the
+        partitions of its partitioned tables; with wal2json, for a whole-database task (new tables stop it) and for a
+        task with a partitioned table (new partitions are synced)."""
+        if plugin == 'pgoutput':
+            return None
+        if not self.runner.spec.get('tables') or self.partitioned:
+            return None
+        return list(metas)
 
     def _loop(self, store, src, reader, applier):
         """Read, apply, confirm. With the replication stream, batch N+1 is read and its statements are built while
@@ -725,6 +784,11 @@ class SyncLoop:
                 runner.check_stop()
                 end = lsn_int(query_value(src, 'SELECT pg_catalog.pg_current_wal_flush_lsn()::text'))
                 transactions, complete = reader.read(upto_lsn=end, max_changes=self.batch_changes)
+                unknown = self.unknown_tables(transactions, applier) if transactions else None
+                if unknown and pending is not None:      # settle the batch being applied before the tables change
+                    self._settle(store, reader, progress, pending[0].result(), *pending[1:])
+                    pending = None
+                self.watch_scope(src, store, applier, transactions, unknown)
                 plan = applier.plan(transactions) if executor is not None and transactions else None
                 if pending is not None:
                     future, done_txns, done_complete, done_end = pending
@@ -741,6 +805,70 @@ class SyncLoop:
         finally:
             if executor is not None:
                 executor.shutdown(wait=True)
+
+    SCOPE_SECONDS = 5.0
+
+    @staticmethod
+    def unknown_tables(transactions, applier):
+        """(schema, table) of the changes in `transactions` whose table the applier does not know."""
+        tables = applier.tables
+        found = set()
+        for txn in transactions:
+            for change in txn.changes:
+                if change.kind == 'T':
+                    found.update(t for t in change.truncate if t not in tables)
+                elif (change.schema, change.table) not in tables:
+                    found.add((change.schema, change.table))
+        return found
+
+    def watch_scope(self, src, store, applier, transactions, unknown):
+        """Tables that appeared in the task's scope on the source: every SCOPE_SECONDS, and at once when a change of a
+        table the task does not know arrives. A new partition of a partitioned table of the task is adopted (synced
+        into the destination's partition of the same name); any other new table in scope raises scope.ScopeError (the
+        task stops, naming it: its rows would be lost). Changes of tables out of scope are dropped from the batch."""
+        due = time.monotonic() - self.scope_checked >= self.SCOPE_SECONDS
+        if due:
+            self.ignored = set()     # read the catalog again for these too (a table may have been renamed into scope)
+        if due or (unknown and not unknown <= self.ignored):
+            adopt = self.scope.check(src, self.runner.destination)
+            self.scope_checked = time.monotonic()
+            if adopt:
+                self.adopt(src, store, applier, adopt)
+        if not unknown:
+            return
+        unknown = {key for key in unknown if key not in applier.tables}
+        self.ignored |= unknown
+        if not unknown:
+            return
+        # out of scope (not matching the task's patterns, left out by replica_identity: exclude, or dropped since)
+        for txn in transactions:
+            kept = []
+            for change in txn.changes:
+                if change.kind == 'T':
+                    change.truncate = [t for t in change.truncate if t not in unknown]
+                    if change.truncate:
+                        kept.append(change)
+                elif (change.schema, change.table) not in unknown:
+                    kept.append(change)
+            txn.changes = kept
+
+    def adopt(self, src, store, applier, tables):
+        """Make new partitions of the task's partitioned tables part of the task: registered (so that finish compares
+        them), and applied from their first change on (they were never copied: copy LSN 0)."""
+        from ansible_collections.pgdts.migration.plugins.module_utils import apply
+        runner = self.runner
+        store.register_tables(runner.name, self.dbname, tables)
+        store.tables_copied(runner.name, self.dbname, [(t, 0, 0) for t in tables], 0)
+        self.scope.adopted(tables)
+        for table in tables:
+            if table.has_storage and table.relpersistence != 'u':
+                key = (table.schema, table.name)
+                applier.tables[key] = apply.TableMeta.from_table(table)
+                applier.copy_lsn[key] = 0
+        applier._reload_catalog = True      # pylint: disable=protected-access  # read the new tables' columns
+        runner.event('database "%s": partition(s) created or attached on the source during the sync, synced into the '
+                     'same partition(s) of the destination: %s'
+                     % (self.dbname, ', '.join(scope.display(t) for t in tables)))
 
     def _settle(self, store, reader, progress, result, transactions, complete, end):
         """After a batch was applied (or nothing was read): confirm it to the reader and record the progress."""
@@ -792,19 +920,6 @@ def error_record(exc, stage):
         if value is not None:
             record[attr] = lsn_text(value) if attr == 'lsn' and isinstance(value, int) else value
     return json.loads(json.dumps(record, default=str))
-
-
-def parse_time(value):
-    if not value:
-        return None
-    if isinstance(value, datetime.datetime):
-        parsed = value
-    else:
-        text = str(value).strip().replace('Z', '+00:00')
-        parsed = datetime.datetime.fromisoformat(text)
-    if parsed.tzinfo is None:
-        parsed = parsed.astimezone()
-    return parsed.astimezone(datetime.timezone.utc)
 
 
 def main(argv=None):

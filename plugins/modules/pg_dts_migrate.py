@@ -90,6 +90,18 @@ options:
       - The server's own setting applies to nothing else.
     type: str
     default: 512MB
+  pg_bindir:
+    description:
+      - Directory of the PostgreSQL client programs (C(pg_dump), C(pg_restore), C(psql)) the worker runs, on the
+        worker host, for example V(/usr/lib/postgresql/18/bin).
+      - They must be of a major version at least that of the source and of the destination (C(pg_dump) refuses a
+        newer server, C(pg_restore) an archive of a newer C(pg_dump)), and of 16 or older when the destination runs
+        16 or older (C(pg_restore) of 17 and newer sends C(SET transaction_timeout), which older servers reject).
+        Without this option, or when its programs do not fit, the newest fitting ones found among
+        C(/usr/lib/postgresql/*/bin), C(/usr/pgsql-*/bin) and C(PATH) are used; M(pgdts.migration.pg_dts_verify)
+        fails its C(worker.client_programs) check when there are none.
+      - Set when the task is created; a resumed task keeps the value it was created with.
+    type: path
   start_at:
     description:
       - ISO 8601 time at which the task starts (stage V(scheduled) until then). A time without zone is local time.
@@ -129,6 +141,24 @@ options:
         destination login that may take each owner role (a superuser, or a member of those roles).
     type: bool
     default: false
+  replica_identity:
+    description:
+      - What the task does with selected tables that have no usable replica identity (no primary key under
+        C(REPLICA IDENTITY DEFAULT), C(NOTHING), or a C(USING INDEX) identity whose index is gone). A publication that
+        publishes their updates makes every C(UPDATE) and C(DELETE) of the source's application on them fail, so the
+        task never publishes them as they are; the check is made again right before the publication is created.
+      - V(fail) refuses to start (check C(tables.replica_identity) fails; the hint names the fixes).
+      - V(full) runs C(ALTER TABLE ... REPLICA IDENTITY FULL) on them on the source before the publication is created
+        (the source login must own them). Cost - every C(UPDATE) and C(DELETE) on them writes the whole old row to the
+        WAL (nothing for insert-only tables), and the sync matches updated and deleted rows on all columns. The setting
+        stays after the task; C(ALTER TABLE ... REPLICA IDENTITY DEFAULT) undoes it.
+      - V(exclude) leaves them out of the task - not copied (their definition is created empty in a whole-database
+        task), not synced, and not in the comparison of M(pgdts.migration.pg_dts_finish), whose result lists them in
+        RV(pgdts.migration.pg_dts_finish#module:left_out).
+      - Unlogged tables are never published (see the notes), so this does not apply to them.
+    type: str
+    choices: [fail, full, exclude]
+    default: fail
   wait:
     description:
       - V(none) returns once the task runs. V(copied) waits until the full copy and indexes are done.
@@ -164,6 +194,21 @@ options:
 notes:
   - The worker runs on the host that runs the module; use C(delegate_to) to choose the worker host, and run
     M(pgdts.migration.pg_dts_finish) and later calls of this module on the same host.
+  - DDL is not replicated. A table created on the source during the sync in the task's scope (any table for a
+    whole-database task, a table matching O(tables) and not O(exclude_tables) otherwise) stops the task (stage
+    V(failed)) with an error that names it, and M(pgdts.migration.pg_dts_finish) refuses to finish while one exists;
+    tables out of scope are ignored. A partition created or attached during the sync under a partitioned table of the
+    task is synced into the destination's partition of the same name, which must exist there attached to the same
+    parent (else the task stops and says so; create it on the destination and run this module again to resume).
+  - UNLOGGED tables write no WAL, so the sync cannot see their changes. They are copied by the full copy, left out of
+    the publication and the sync, and copied again (C(TRUNCATE) and C(COPY)) by M(pgdts.migration.pg_dts_finish)
+    under the write fence.
+  - "Tested sources: PostgreSQL 12 to 18 with V(pgoutput), 15 with V(wal2json); the destination runs the same or a
+    newer major (tested pairs: 12 to 18, 13 to 17, 14 to 16, 15 to 18, 16 to 17, 17 to 18, 18 to 18, 12 to 12)."
+  - On a PostgreSQL 12 source the publication lists the leaf partitions of a partitioned table (12 cannot publish a
+    partitioned table); changes reach the same partitions of the destination on every major.
+  - The client programs must fit both servers (see O(pg_bindir)); for a destination before 17 they must be of 16 or
+    older, since C(pg_restore) of 17 and newer sends C(SET transaction_timeout).
 seealso:
   - module: pgdts.migration.pg_dts_verify
   - module: pgdts.migration.pg_dts_finish
@@ -289,10 +334,12 @@ def main():
         incremental=dict(type='bool', default=True),
         jobs=dict(type='int', default=4),
         maintenance_work_mem=dict(type='str', default='512MB'),
+        pg_bindir=dict(type='path'),
         start_at=dict(type='str'),
         drop_destination=dict(type='bool', default=False),
         protect_destination=dict(type='bool', default=True),
         migrate_roles=dict(type='bool', default=False),
+        replica_identity=dict(type='str', choices=['fail', 'full', 'exclude'], default='fail'),
         wait=dict(type='str', choices=['none', 'copied', 'synced'], default='none'),
         wait_timeout=dict(type='int', default=3600),
         wait_sleep=dict(type='int', default=2),

@@ -14,13 +14,14 @@ description:
   - Runs the pre-migration check catalogue of a task and returns one item per check, each with a stable id, a status
     (C(pass), C(warning) or C(failed)), a message that says what was found, a hint that says how to fix it, and the
     objects concerned.
-  - "The items cover: connectivity and authentication (normal and replication connections), server versions, source
-    settings (C(wal_level), free replication slots and WAL senders, C(max_slot_wal_keep_size), C(wal_sender_timeout),
-    C(statement_timeout), C(idle_in_transaction_session_timeout)), privileges on both sides, the decoding plugin
-    (loaded in a temporary slot), objects left over from a task of the same name, long-running and prepared
-    transactions, the selected tables (replica identity, triggers, rules, unlogged tables, materialized views, large
-    objects, generated columns, foreign keys to unselected tables, patterns that match nothing), extensions, encodings
-    and collations, and conflicts, free space and replication origins on the destination."
+  - "The items cover: connectivity and authentication (normal and replication connections), server versions, the
+    client programs of the worker host, source settings (C(wal_level), free replication slots and WAL senders,
+    C(max_slot_wal_keep_size), C(wal_sender_timeout), C(statement_timeout), C(idle_in_transaction_session_timeout)),
+    privileges on both sides, the decoding plugin (loaded in a temporary slot), objects left over from a task of the
+    same name, long-running and prepared transactions, the selected tables (replica identity, triggers, rules,
+    unlogged tables, materialized views, large objects, generated columns, foreign keys to unselected tables, patterns
+    that match nothing), extensions, encodings and collations, and conflicts, free space and replication origins on
+    the destination."
   - M(pgdts.migration.pg_dts_migrate) runs the same checks before it starts a task and refuses to start while one has
     failed.
   - When the destination's state database holds a resumable task of this O(name), the task's own slots,
@@ -75,6 +76,15 @@ options:
         them; it warns when the source login may not read the password hashes.
     type: bool
     default: false
+  replica_identity:
+    description:
+      - The task's O(pgdts.migration.pg_dts_migrate#module:replica_identity) option. Selected tables without a usable
+        replica identity make C(tables.replica_identity) fail with V(fail) (the default), warn with V(full) (the task
+        sets C(REPLICA IDENTITY FULL) on them; fails when the source login does not own them) and warn with
+        V(exclude) (they are left out of the task and of the comparison).
+    type: str
+    choices: [fail, full, exclude]
+    default: fail
   fail_on:
     description:
       - When the module fails.
@@ -82,6 +92,15 @@ options:
     type: str
     choices: [failed, warning, never]
     default: failed
+  pg_bindir:
+    description:
+      - Directory of the PostgreSQL client programs the task's worker will run
+        (O(pgdts.migration.pg_dts_migrate#module:pg_bindir)). The check C(worker.client_programs) fails when neither
+        it nor C(/usr/lib/postgresql/*/bin), C(/usr/pgsql-*/bin) or C(PATH) holds a C(pg_dump) and C(pg_restore) of
+        a major version at least that of the source and of the destination (and of 16 or older for a destination
+        before 17).
+      - The module looks on the host it runs on, so run it on the worker host.
+    type: path
 extends_documentation_fragment:
   - pgdts.migration.connection.source
   - pgdts.migration.connection.destination
@@ -95,6 +114,9 @@ notes:
   - The role of O(source) needs C(REPLICATION) (or superuser) and read access to the selected tables; the role of
     O(destination) sees more (free disk space, replication origins in use) when it is a superuser.
   - Free disk space on the destination can only be measured when the module runs on the destination host.
+  - "Tested sources: PostgreSQL 12 to 18 with V(pgoutput), 15 with V(wal2json), into a destination of the same or a
+    newer major. C(source.version) warns about sources older than 12 or newer than 18."
+  - The check C(worker.client_programs) looks at the host the module runs on; run it on the worker host.
 seealso:
   - module: pgdts.migration.pg_dts_source_config
   - module: pgdts.migration.pg_dts_migrate
@@ -245,7 +267,9 @@ def main():
         plugin=dict(type='str', default='pgoutput', choices=['pgoutput', 'wal2json']),
         incremental=dict(type='bool', default=True),
         migrate_roles=dict(type='bool', default=False),
+        replica_identity=dict(type='str', default='fail', choices=['fail', 'full', 'exclude']),
         fail_on=dict(type='str', default='failed', choices=['failed', 'warning', 'never']),
+        pg_bindir=dict(type='path'),
     )
     argument_spec.update(ansible_common.server_argument_spec('source', 'destination'))
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
@@ -261,7 +285,9 @@ def main():
     resuming = task_is_resumable(destination, params['name'])
     items = run_checks(source, destination, params['name'], databases=params['databases'], tables=params['tables'],
                        exclude_tables=params['exclude_tables'], plugin=params['plugin'],
-                       incremental=params['incremental'], resuming=resuming, migrate_roles=params['migrate_roles'])
+                       incremental=params['incremental'], resuming=resuming, migrate_roles=params['migrate_roles'],
+                       replica_identity=params['replica_identity'],
+                       pg_bindir=params['pg_bindir'])
     summary = summarize(items)
     blocking = blocking_items(items, params['fail_on'])
     result = dict(changed=False, checks=items, summary=summary, passed=summary[FAILED] == 0,

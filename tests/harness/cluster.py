@@ -25,6 +25,8 @@ import time
 
 import psycopg
 
+from tests.harness import pg_majors
+
 DEFAULT_PASSWORD = 'harness-Secret-4711'
 DEFAULT_SETTINGS = {
     'listen_addresses': "'127.0.0.1'",
@@ -42,7 +44,15 @@ DEFAULT_SETTINGS = {
 }
 
 
-def pg_bindir():
+def pg_bindir(major=None):
+    """Server bin directory: of `major` (Debian's package or the cache of tests/harness/pg_majors.py), else
+    $PGDTS_PG_BINDIR, else the newest Debian package."""
+    if major is not None:
+        found = pg_majors.bindir(int(major))
+        if not found:
+            raise RuntimeError('no PostgreSQL %s server build: run `python -m tests.harness.pg_majors %s` '
+                               '(make matrix does)' % (major, major))
+        return found
     env = os.environ.get('PGDTS_PG_BINDIR')
     if env:
         return env
@@ -74,7 +84,7 @@ def _chown_postgres(path):
 class PgCluster:
     """One throw-away server. `spec()` gives a ServerSpec-compatible dict for the superuser over TCP."""
 
-    def __init__(self, base_dir, name='pg', port=None, settings=None, password=DEFAULT_PASSWORD):
+    def __init__(self, base_dir, name='pg', port=None, settings=None, password=DEFAULT_PASSWORD, major=None):
         self.name = name
         self.root = os.path.join(base_dir, name)
         self.datadir = os.path.join(self.root, 'data')
@@ -84,7 +94,8 @@ class PgCluster:
         self.password = password
         self.settings = dict(DEFAULT_SETTINGS)
         self.settings.update({k: str(v) for k, v in (settings or {}).items()})
-        self.bindir = pg_bindir()
+        self.bindir = pg_bindir(major)
+        self.env = pg_majors.server_env(self.bindir)
         self.host = '127.0.0.1'
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -101,7 +112,7 @@ class PgCluster:
             subprocess.run(_as_postgres([os.path.join(self.bindir, 'initdb'), '-D', self.datadir, '-U', 'postgres',
                                          '--pwfile', pwfile, '--auth-local=trust', '--auth-host=scram-sha-256',
                                          '-E', 'UTF8', '--locale=C.UTF-8', '--no-sync']),
-                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                           check=True, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         finally:
             os.unlink(pwfile)
         lines = ['', '# pgdts test harness']
@@ -114,13 +125,13 @@ class PgCluster:
     def start(self, wait=True):
         subprocess.run(_as_postgres([os.path.join(self.bindir, 'pg_ctl'), '-D', self.datadir, '-l', self.logfile,
                                      '-o', '-c port=%d' % self.port, '-w' if wait else '-W', '-t', '60', 'start']),
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                       check=True, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return self
 
     def stop(self, mode='fast'):
         if self.running():
             subprocess.run(_as_postgres([os.path.join(self.bindir, 'pg_ctl'), '-D', self.datadir, '-m', mode, '-w',
-                                         '-t', '60', 'stop']), check=False, stdout=subprocess.DEVNULL,
+                                         '-t', '60', 'stop']), check=False, env=self.env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
 
     def restart(self):
@@ -129,7 +140,7 @@ class PgCluster:
 
     def reload(self):
         subprocess.run(_as_postgres([os.path.join(self.bindir, 'pg_ctl'), '-D', self.datadir, 'reload']), check=True,
-                       stdout=subprocess.DEVNULL)
+                       env=self.env, stdout=subprocess.DEVNULL)
 
     def postmaster_pid(self):
         try:
@@ -191,7 +202,7 @@ class PgCluster:
             conn.execute(sql.SQL('CREATE DATABASE {}').format(sql.Identifier(name)))
 
     def libpq_env(self, dbname='postgres'):
-        env = dict(os.environ)
+        env = dict(self.env)
         env.update(PGHOST=self.host, PGPORT=str(self.port), PGUSER='postgres', PGPASSWORD=self.password,
                    PGDATABASE=dbname)
         return env

@@ -74,17 +74,24 @@ def create_tricky_database(cluster, dbname='shop'):
 
 
 def user_tables(conn):
+    """Every relation with rows of its own: tables, partitions and materialized views."""
     rows = conn.execute("""
         SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_%'
+         WHERE c.relkind IN ('r', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+           AND n.nspname NOT LIKE 'pg_%'
          ORDER BY 1, 2""").fetchall()
     return [(r[0], r[1]) for r in rows]
 
 
 def table_rows(conn, schema, table):
-    """Every row of a table as its text form, sorted: equal lists mean equal contents (duplicates included)."""
+    """Every row of a table as its text form, sorted: equal lists mean equal contents (duplicates included). A
+    materialized view that was never refreshed has no rows to read: ['<not populated>']."""
     conn.execute("SET extra_float_digits = 3")
     conn.execute("SET TimeZone = 'UTC'")
+    populated = conn.execute('SELECT c.relispopulated FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace '
+                             'WHERE n.nspname = %s AND c.relname = %s', (schema, table)).fetchone()
+    if populated is not None and not populated[0]:
+        return ['<not populated>']
     query = sql.SQL('SELECT t::text FROM {} t ORDER BY 1').format(sql.Identifier(schema, table))
     return [r[0] for r in conn.execute(query).fetchall()]
 
@@ -116,3 +123,103 @@ def assert_same_contents(source, destination, dbname, dest_dbname=None, skip=())
             name, len(src[name]), len(dst[name]),
             sorted(set(src[name]) ^ set(dst[name]))[:3])
     return sum(len(v) for v in src.values())
+
+
+def large_objects(cluster, dbname):
+    """oid -> (owner, md5 of the data, size) of every large object of the database."""
+    with cluster.connect(dbname) as conn:
+        rows = conn.execute("""
+            SELECT m.oid::bigint, pg_get_userbyid(m.lomowner)::text, md5(x.d), octet_length(x.d)
+              FROM pg_largeobject_metadata m CROSS JOIN LATERAL (SELECT lo_get(m.oid) AS d) x""").fetchall()
+    return {r[0]: tuple(r[1:]) for r in rows}
+
+
+# Definitions of the objects of a database, with the catalog's own functions, keyed by name. search_path is only
+# pg_catalog so that every name comes out schema-qualified on both sides; NOT NULL is read from attnotnull (and the
+# NOT NULL constraints of PostgreSQL 18, contype 'n', are left out) so that servers of different majors agree.
+_USER = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'"
+_NO_EXTENSION = ("NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = '{}'::regclass AND e.objid = {}.oid "
+                 "AND e.deptype = 'e')")
+CATALOG_QUERIES = {
+    'columns': """
+        SELECT n.nspname || '.' || c.relname || '.' || a.attname,
+               concat_ws(' ', format_type(a.atttypid, a.atttypmod), CASE WHEN a.attnotnull THEN 'not null' END,
+                         nullif(a.attidentity, ''), nullif(a.attgenerated, ''), pg_get_expr(d.adbin, d.adrelid))
+          FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+          LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+         WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND a.attnum > 0 AND NOT a.attisdropped AND """ + _USER + """
+           AND """ + _NO_EXTENSION.format('pg_class', 'c'),
+    'indexes': """
+        SELECT n.nspname || '.' || c.relname || '.' || i.relname,
+               pg_get_indexdef(x.indexrelid) || CASE WHEN x.indisvalid THEN '' ELSE ' invalid' END
+          FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class c ON c.oid = x.indrelid
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE """ + _USER + " AND " + _NO_EXTENSION.format('pg_class', 'c'),
+    'constraints': """
+        SELECT n.nspname || '.' || c.relname || '.' || k.conname, k.contype::text || ' ' || pg_get_constraintdef(k.oid)
+          FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE k.contype <> 'n' AND """ + _USER + " AND " + _NO_EXTENSION.format('pg_class', 'c'),
+    'triggers': """
+        SELECT n.nspname || '.' || c.relname || '.' || t.tgname, pg_get_triggerdef(t.oid) || ' ' || t.tgenabled::text
+          FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE NOT t.tgisinternal AND """ + _USER,
+    'views': """
+        SELECT n.nspname || '.' || c.relname, c.relkind::text || ' ' || pg_get_viewdef(c.oid)
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind IN ('v', 'm') AND """ + _USER + " AND " + _NO_EXTENSION.format('pg_class', 'c'),
+    'functions': """
+        SELECT n.nspname || '.' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')',
+               CASE WHEN p.prokind = 'a' THEN 'aggregate' ELSE md5(pg_get_functiondef(p.oid)) END
+          FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE """ + _USER + " AND " + _NO_EXTENSION.format('pg_proc', 'p'),
+    'sequences': """
+        SELECT n.nspname || '.' || c.relname, concat_ws(' ', format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement,
+                                                        s.seqmin, s.seqmax, s.seqcycle)
+          FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE """ + _USER + " AND " + _NO_EXTENSION.format('pg_class', 'c'),
+    'extensions': "SELECT e.extname::text, n.nspname::text FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace",
+}
+
+
+def database_catalog(cluster, dbname):
+    """{kind: {name: normalised definition}} of the user objects of a database (see CATALOG_QUERIES)."""
+    out = {}
+    with cluster.connect(dbname) as conn:
+        conn.execute("SELECT set_config('search_path', 'pg_catalog', false)")
+        for kind, query in CATALOG_QUERIES.items():
+            out[kind] = {name: ' '.join((text or '').split()) for name, text in conn.execute(query).fetchall()}
+    return out
+
+
+def assert_same_catalogs(source, destination, dbname, dest_dbname=None, skip=()):
+    """Every column, index, constraint, trigger, view, function, sequence definition and extension of the database
+    equal on both sides; `skip`: 'schema.table' names of the destination's own tables (their objects are ignored)."""
+    src = database_catalog(source, dbname)
+    dst = database_catalog(destination, dest_dbname or dbname)
+    for kind in src:
+        theirs = {k: v for k, v in dst[kind].items() if not any(k == s or k.startswith(s + '.') for s in skip)}
+        missing = sorted(set(src[kind]) - set(theirs))
+        extra = sorted(set(theirs) - set(src[kind]))
+        different = sorted(k for k in set(src[kind]) & set(theirs) if src[kind][k] != theirs[k])
+        assert not (missing or extra or different), '%s differ: missing on the destination %s, extra %s, different %s' % (
+            kind, missing, extra, [(k, src[kind][k], theirs[k]) for k in different[:3]])
+    return sum(len(v) for v in src.values())
+
+
+def assert_same_database(source, destination, dbname, dest_dbname=None, skip=(), owners=True):
+    """The independent proof that a database arrived whole, reading both catalogs itself (no pgdts code): every table,
+    partition and materialized view row for row, every sequence value, every large object (oid, data and, with
+    `owners`, owner) and the definitions of assert_same_catalogs. Returns the number of rows compared."""
+    rows = assert_same_contents(source, destination, dbname, dest_dbname, skip)
+    src_seq, dst_seq = sequence_values(source, dbname), sequence_values(destination, dest_dbname or dbname)
+    assert src_seq == dst_seq, 'sequences differ: %s' % sorted(
+        (k, src_seq.get(k), dst_seq.get(k)) for k in set(src_seq) | set(dst_seq) if src_seq.get(k) != dst_seq.get(k))
+    src_lo, dst_lo = large_objects(source, dbname), large_objects(destination, dest_dbname or dbname)
+    if not owners:
+        src_lo = {oid: value[1:] for oid, value in src_lo.items()}
+        dst_lo = {oid: value[1:] for oid, value in dst_lo.items()}
+    assert src_lo == dst_lo, 'large objects differ: missing %s, extra %s, different %s' % (
+        sorted(set(src_lo) - set(dst_lo))[:5], sorted(set(dst_lo) - set(src_lo))[:5],
+        sorted(o for o in set(src_lo) & set(dst_lo) if src_lo[o] != dst_lo[o])[:5])
+    assert_same_catalogs(source, destination, dbname, dest_dbname, skip)
+    return rows

@@ -21,9 +21,15 @@ def common(servers, tmp_path, name):
     return {'name': name, 'source': src.spec(), 'destination': dst.spec(), 'worker_dir': str(tmp_path / 'workers')}
 
 
+def start_args(args):
+    """pg_dts_migrate arguments: pgbench_history has no key (REPLICA IDENTITY FULL costs an insert-only table nothing)."""
+    return dict(args, replica_identity='full')
+
+
 def start_task(ansible, args, databases):
     status, result = ansible.module('pgdts.migration.pg_dts_migrate',
-                                    dict(args, databases=databases, jobs=2, wait='synced', wait_timeout=300))
+                                    dict(start_args(args), databases=databases, jobs=2, wait='synced',
+                                         wait_timeout=300))
     assert status == 'changed', result
     assert result['task']['stage'] == 'sync'
     return result

@@ -69,10 +69,13 @@ def test_module_fails_on_failed_checks_and_names_them(ansible, src, dst, shop):
 
 
 def test_fail_on_warning(ansible, src, dst, shop):
+    # notes has no key: it fails the check by default, and warns with replica_identity: full
     status, result = ansible.module(MODULE, args(src, dst))
+    assert status == 'failed' and result['failed_checks'] == ['tables.replica_identity'], result['msg']
+    status, result = ansible.module(MODULE, args(src, dst, replica_identity='full'))
     assert status == 'ok'
     assert result['summary']['warning'] == 1 and result['passed'] is True
-    status, result = ansible.module(MODULE, args(src, dst, fail_on='warning'))
+    status, result = ansible.module(MODULE, args(src, dst, fail_on='warning', replica_identity='full'))
     assert status == 'failed'
     assert result['msg'] == ('verification of task shop_move failed (fail_on=warning): 1 check warned: '
                              'tables.replica_identity')
@@ -81,8 +84,9 @@ def test_fail_on_warning(ansible, src, dst, shop):
 
 def test_check_mode_gives_the_same_answer_and_changes_nothing(ansible, src, dst, shop):
     before = (server_objects(src, ['v_shop']), server_objects(dst))
-    status, normal = ansible.module(MODULE, args(src, dst, plugin='wal2json'))
-    status_check, checked = ansible.module(MODULE, args(src, dst, plugin='wal2json'), check=True)
+    status, normal = ansible.module(MODULE, args(src, dst, plugin='wal2json', replica_identity='full'))
+    status_check, checked = ansible.module(MODULE, args(src, dst, plugin='wal2json', replica_identity='full'),
+                                           check=True)
     assert status == status_check == 'ok'
     assert [(i['id'], i['status']) for i in normal['checks']] == [(i['id'], i['status']) for i in checked['checks']]
     assert (server_objects(src, ['v_shop']), server_objects(dst)) == before

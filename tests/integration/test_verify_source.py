@@ -396,13 +396,23 @@ def test_replica_identity(src, dst):
                       "CREATE TABLE parted_eu PARTITION OF parted FOR VALUES IN ('eu')")
     try:
         item = verify(src, dst, databases=['v_ident'])['tables.replica_identity']
-        assert item['status'] == 'warning'
+        assert item['status'] == 'failed'       # a publication of their updates would break the source's writes
         assert sorted((o['name'], o['replica_identity']) for o in item['objects']) == [
             ('heap', 'default'), ('nothing', 'nothing'), ('parted_eu', 'default')]
         assert 'cannot update table' in item['message']
         assert 'ALTER TABLE public.heap REPLICA IDENTITY FULL;' in item['hint']
+        assert 'replica_identity: full' in item['hint'] and 'replica_identity: exclude' in item['hint']
         item = verify(src, dst, databases=['v_ident'], plugin='wal2json')['tables.replica_identity']
-        assert 'cannot be matched to a row' in item['message']
+        assert item['status'] == 'failed' and 'could not be matched to a row' in item['message']
+        item = verify(src, dst, databases=['v_ident'], replica_identity='full')['tables.replica_identity']
+        assert item['status'] == 'warning' and 'sets REPLICA IDENTITY FULL' in item['message']
+        # a keyless partition cannot be left out: its parent's publication would publish it all the same
+        item = verify(src, dst, databases=['v_ident'], replica_identity='exclude')['tables.replica_identity']
+        assert item['status'] == 'failed' and 'cannot leave out 1 partition' in item['message'], item
+        assert 'v_ident.public.parted_eu' in item['message']
+        item = verify(src, dst, databases=['v_ident'], replica_identity='exclude',
+                      exclude_tables=['public.parted*'])['tables.replica_identity']
+        assert item['status'] == 'warning' and 'left out of the task' in item['message'], item
         item = verify(src, dst, databases=['v_ident'], incremental=False)['tables.replica_identity']
         assert item['status'] == 'pass' and 'incremental sync (off)' in item['message']
         with src.connect('v_ident') as conn:

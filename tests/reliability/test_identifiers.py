@@ -69,8 +69,9 @@ def test_quoted_names_everywhere(servers, ansible, tmp_path):
     source = src.spec(user=SRC_ROLE, password=PASSWORD)
     destination = dst.spec(user=DST_ROLE, password=PASSWORD)
     common = {'source': source, 'destination': destination, 'worker_dir': str(tmp_path / 'workers')}
-    args = dict(common, name='quoted', databases=[DB], exclude_tables=['public.excluded ?one?'], jobs=2)
-    verify_keys = ('name', 'source', 'destination', 'databases', 'exclude_tables')
+    args = dict(common, name='quoted', databases=[DB], exclude_tables=['public.excluded ?one?'], jobs=2,
+                replica_identity='full')     # canary has no key
+    verify_keys = ('name', 'source', 'destination', 'databases', 'exclude_tables', 'replica_identity')
     status, result = ansible.module(VERIFY, {k: args[k] for k in verify_keys})
     assert status == 'ok', [(c['id'], c['message']) for c in result.get('checks', []) if c['status'] == 'failed']
     status, result = ansible.module(MIGRATE, dict(args, wait='synced', wait_timeout=300))
