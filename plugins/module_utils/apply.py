@@ -999,3 +999,56 @@ def origin_progress(conn, origin_name):
     if not conn.autocommit:
         conn.rollback()
     return result
+
+
+# -- values the wal2json of Debian 12 (2.5) cannot carry ------------------------------------------------------------
+
+# numeric, real, double precision: wal2json before 2.6 (no numeric-data-types-as-string) prints NaN, Infinity and
+# -Infinity of these as JSON null, the same as a real NULL, so the sync applies them as NULL.
+AMBIGUOUS_NULL_TYPE_OIDS = (700, 701, 1700)
+REPAIR_BATCH = 500
+
+
+def repair_ambiguous_nulls(source, destination, dbname, tables, batch=REPAIR_BATCH):
+    """Under the write fence, after the catch-up (pg_dts_finish of a wal2json task): every destination row of `tables`
+    (catalog.Table of the source) that holds NULL in a numeric/real/double precision column gets that column's value
+    from the source row with the same key, where they differ (a NaN or Infinity wal2json sent as null; a real NULL
+    stays). Tables without a key cannot be addressed and are returned for the comparison to judge.
+    Returns ([(table.qualified, rows corrected)], [table.qualified without a key])."""
+    from ansible_collections.pgdts.migration.plugins.module_utils.connection import WRITER_OPTIONS, connect
+    corrected, keyless = [], []
+    with connect(source, dbname, application_name='pgdts-finish') as src, \
+            connect(destination, dbname, application_name='pgdts-finish', options=WRITER_OPTIONS) as dst:
+        src.execute('SET row_security = off')
+        for table in tables:
+            cols = [c.name for c in table.columns if c.type_oid in AMBIGUOUS_NULL_TYPE_OIDS and not c.generated]
+            keys = list(table.key_columns)
+            if not cols:
+                continue
+            if not keys:
+                keyless.append(table.qualified)
+                continue
+            target = sql.Identifier(table.schema, table.name)
+            texts = sql.SQL(', ').join(sql.SQL('{}::pg_catalog.text').format(sql.Identifier(c)) for c in keys + cols)
+            nulls = sql.SQL(' OR ').join(sql.SQL('{} IS NULL').format(sql.Identifier(c)) for c in cols)
+            found = dst.execute(sql.SQL('SELECT {} FROM {} WHERE {}').format(texts, target, nulls)).fetchall()
+            key_row = sql.SQL('({})').format(sql.SQL(', ').join(sql.Identifier(k) for k in keys))
+            one_key = sql.SQL('({})').format(sql.SQL(', ').join(sql.Placeholder() for _k in keys))
+            update = sql.SQL('UPDATE {} SET {} WHERE {} = {}').format(
+                target, sql.SQL(', ').join(sql.SQL('{} = {}').format(sql.Identifier(c), sql.Placeholder()) for c in cols),
+                key_row, one_key)
+            count = 0
+            for start in range(0, len(found), batch):
+                part = {tuple(row[:len(keys)]): tuple(row[len(keys):]) for row in found[start:start + batch]}
+                query = sql.SQL('SELECT {} FROM {} WHERE {} IN ({})').format(
+                    texts, target, key_row, sql.SQL(', ').join(one_key for _row in part))
+                params = [value for key in part for value in key]
+                with dst.transaction():
+                    for row in src.execute(query, params).fetchall():
+                        key, values = tuple(row[:len(keys)]), tuple(row[len(keys):])
+                        if key in part and part[key] != values:
+                            dst.execute(update, list(values) + list(key))
+                            count += 1
+            if count:
+                corrected.append((table.qualified, count))
+    return corrected, keyless

@@ -315,6 +315,7 @@ def _gather_source(ctx):
         version = conn.info.server_version
         src.facts['version'] = version
         src.fetch('role', conn, _SOURCE_ROLE, how='one')
+        src.fetch('fence_rights', conn, FENCE_RIGHTS, how='one')
         src.fetch('databases', conn, _databases_query(version))
         src.fetch('settings', conn, _SETTINGS, (list(SOURCE_SETTINGS),))
         src.facts['settings'] = _settings_map(src.get('settings'))
@@ -369,6 +370,49 @@ _NO_SELECT = """
 SELECT c.oid FROM pg_catalog.pg_class c
  WHERE c.oid = ANY(%s) AND NOT pg_catalog.has_table_privilege(c.oid, 'SELECT')
 """
+
+# Selected tables whose rows row-level security would hide from this login (copy and compare run with
+# row_security = off, so such a table fails the copy instead of arriving filtered).
+_RLS_FILTERED = """
+SELECT c.oid, c.relforcerowsecurity FROM pg_catalog.pg_class c
+ WHERE c.oid = ANY(%s) AND c.relrowsecurity
+   AND NOT (SELECT r.rolsuper OR r.rolbypassrls FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
+   AND (c.relforcerowsecurity OR NOT pg_catalog.pg_has_role(c.relowner, 'USAGE'))
+ ORDER BY 1
+"""
+
+# What the write fence of pg_dts_finish needs: ALTER DATABASE ... SET (owner or superuser) and pg_terminate_backend
+# of other roles' sessions (superuser or pg_signal_backend). One row: superuser, pg_signal_backend, databases not owned.
+FENCE_RIGHTS = """
+SELECT r.rolsuper, pg_catalog.pg_has_role('pg_signal_backend', 'USAGE'),
+       COALESCE((SELECT pg_catalog.array_agg(d.datname::text ORDER BY d.datname) FROM pg_catalog.pg_database d
+                  WHERE NOT pg_catalog.pg_has_role(d.datdba, 'USAGE')), '{}')
+  FROM pg_catalog.pg_roles r WHERE r.rolname = current_user
+"""
+
+
+def fence_problems(rights, dbnames, user):
+    """(message, hint) when the login whose FENCE_RIGHTS row is `rights` cannot fence `dbnames`, else None."""
+    if not rights:
+        return 'the source login is not in pg_roles', 'Run as a role that exists on the source.'
+    superuser, signal, not_owned = rights[0], rights[1], set(rights[2] or ())
+    if superuser:
+        return None
+    missing, fixes = [], []
+    foreign = [d for d in dbnames if d in not_owned]
+    if foreign:
+        missing.append('does not own %s %s (ALTER DATABASE ... SET default_transaction_read_only needs the owner)'
+                       % ('database' if len(foreign) == 1 else 'databases', _names('"%s"' % d for d in foreign)))
+        fixes.extend('ALTER DATABASE %s OWNER TO %s;' % (_ident(d), _ident(user)) for d in foreign[:3])
+    if not signal:
+        missing.append('is not a member of pg_signal_backend (ending the sessions of other roles needs it)')
+        fixes.append('GRANT pg_signal_backend TO %s;' % _ident(user))
+    if not missing:
+        return None
+    return ('role "%s" cannot fence the source writers at the cutover: it %s' % (user, '; it '.join(missing)),
+            'On the source, as a superuser: %s Or finish as a superuser (pg_dts_finish source.user), or with '
+            'fence=none if the applications are stopped otherwise.' % ' '.join(fixes))
+
 
 _NO_USAGE = """
 SELECT n.nspname FROM pg_catalog.pg_namespace n
@@ -458,6 +502,7 @@ def _gather_source_db(ctx, dbname):
         holder.fetch('no_replica_identity', conn, _REPLICA_IDENTITY_MISSING, (oids,))
         holder.fetch('no_select', conn, _NO_SELECT, (oids,))
         holder.fetch('no_usage', conn, _NO_USAGE, (sorted({t.schema for t in selected}),))
+        holder.fetch('rls_filtered', conn, _RLS_FILTERED, (oids,))
         holder.fetch('sequences', conn, _SEQUENCES, catalog.sequence_scope_params(ctx.whole_databases and not ctx.exclude, oids))
         holder.fetch('not_owned', conn, _NOT_OWNED, (oids,))
         holder.fetch('can_create', conn, "SELECT pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE')",
@@ -1136,6 +1181,50 @@ def check_select_privilege(ctx):
                                                    'its sequences' % count))
 
 
+def check_row_security(ctx):
+    cid = 'source.row_security'
+
+    def evaluate(db, holder):
+        by_oid = holder.get('by_oid')
+        return [_table_obj(db, by_oid[oid].schema, by_oid[oid].name, forced=bool(forced))
+                for oid, forced in holder.get('rls_filtered') or []]
+
+    found, error = _per_db_items(ctx, cid, ['rls_filtered'], evaluate)
+    if error:
+        return error
+    if not found:
+        return _with_unreachable(ctx, _item(cid, PASS, 'row-level security hides no row of a selected table from the '
+                                                       'source role'))
+    user = _ident(ctx.source_spec.user or 'current_user')
+    forced = [o for o in found if o['forced']]
+    hint = ('ALTER ROLE %s BYPASSRLS; (as a superuser), or migrate as a superuser, or as the owner of the tables'
+            % user)
+    if forced:
+        hint += (' (the owner too is filtered where FORCE ROW LEVEL SECURITY is set: ALTER TABLE ... NO FORCE ROW '
+                 'LEVEL SECURITY, or BYPASSRLS)')
+    return _with_unreachable(ctx, _item(
+        cid, FAILED, 'row-level security would hide rows of %s from the source role, so the copy and the comparison '
+                     'would see fewer rows (pgdts reads with row_security = off and fails instead): %s'
+        % (_plural(len(found), 'table'), _names(_tdisplay(o['database'], o['schema'], o['name']) for o in found)),
+        hint + '.', found))
+
+
+def check_fence_privilege(ctx):
+    cid = 'source.fence_privilege'
+    if not ctx.src.ok:
+        return _skip_source(cid)
+    rights = ctx.src.get('fence_rights')
+    if rights is None:
+        return _fact_error(cid, ctx.src, 'fence_rights') or _item(cid, FAILED, 'could not read the source role')
+    user = ctx.source_spec.user or 'current_user'
+    problem = fence_problems(rights, ctx.db_names, user)
+    obj = [{'type': 'role', 'name': user, 'superuser': bool(rights[0]), 'pg_signal_backend': bool(rights[1])}]
+    if problem:
+        return _item(cid, FAILED, problem[0], problem[1], obj)
+    return _item(cid, PASS, 'role "%s" can fence the selected databases at the cutover (%s)' % (
+        user, 'superuser' if rights[0] else 'owner of the databases and member of pg_signal_backend'), '', obj)
+
+
 def check_publication_privilege(ctx):
     cid = 'source.publication_privilege'
     if ctx.plugin != 'pgoutput':
@@ -1233,7 +1322,7 @@ def check_numeric_special_values(ctx):
 
     def evaluate(db, holder):
         return [{'type': 'column', 'database': db, 'schema': t.schema, 'table': t.name, 'name': c.name,
-                 'data_type': c.type_name}
+                 'data_type': c.type_name, 'table_has_key': bool(t.key_columns)}
                 for t in holder.get('selected', []) if t.relkind != 'p' for c in t.columns
                 if c.type_oid in NUMERIC_TYPE_OIDS and not c.generated]
 
@@ -1244,12 +1333,19 @@ def check_numeric_special_values(ctx):
         return _with_unreachable(ctx, _item(cid, PASS, 'no selected column is numeric, real or double precision'))
     shown = _names('%s.%s (%s)' % (_tdisplay(o['database'], o['schema'], o['table']), _ident(o['name']), o['data_type'])
                    for o in found)
+    keyless = sorted({_tdisplay(o['database'], o['schema'], o['table']) for o in found if not o['table_has_key']})
+    message = ('wal2json before 2.6 (Debian 12 ships 2.5) writes NaN, Infinity and -Infinity of numeric, real and '
+               'double precision columns as null, like a real NULL: during the sync both are applied as NULL (a NaN '
+               'or Infinity into a NOT NULL column fails the sync); pg_dts_finish, under the write fence, gives every '
+               'such NULL on the destination the source\'s value, by key; %s: %s' % (_plural(len(found), 'column'), shown))
+    if keyless:
+        message += ('. In tables without a key (%s) such a value written during the sync stays NULL: the checksum '
+                    'comparison of pg_dts_finish reports the table as different, compare: count does not see it'
+                    % _names(keyless))
     return _with_unreachable(ctx, _item(
-        cid, WARNING, 'wal2json writes NaN, Infinity and -Infinity of numeric and float columns as null, so changes '
-                      'made during the sync arrive as NULL (or fail on NOT NULL columns): %s: %s'
-                      % (_plural(len(found), 'column'), shown),
-        'Use plugin pgoutput, or make sure these columns never hold NaN or Infinity (for example CHECK (col <> '
-        "'NaN')).", found))
+        cid, WARNING, message,
+        'Use plugin pgoutput, or wal2json 2.6 or later (numeric-data-types-as-string), or make sure these columns '
+        "never hold NaN or Infinity (for example CHECK (col <> 'NaN')).", found))
 
 
 def check_task_objects(ctx):
@@ -2107,6 +2203,8 @@ CHECKS = (
     check_idle_timeout,
     check_replication_privilege,
     check_select_privilege,
+    check_row_security,
+    check_fence_privilege,
     check_publication_privilege,
     check_long_transactions,
     check_prepared_transactions,
@@ -2140,7 +2238,8 @@ CHECK_IDS = (
     'worker.client_programs', 'source.recovery', 'destination.recovery',
     'source.wal_level', 'source.replication_slots', 'source.wal_senders', 'source.max_slot_wal_keep_size',
     'source.wal_sender_timeout', 'source.statement_timeout', 'source.idle_in_transaction_session_timeout',
-    'source.replication_privilege', 'source.select_privilege', 'source.publication_privilege',
+    'source.replication_privilege', 'source.select_privilege', 'source.row_security', 'source.fence_privilege',
+    'source.publication_privilege',
     'source.long_transactions', 'source.prepared_transactions', 'plugin.load', 'plugin.numeric_special_values',
     'task.objects', 'tables.selection', 'tables.missing', 'tables.replica_identity', 'tables.triggers', 'tables.rules',
     'tables.unlogged', 'tables.materialized_views', 'tables.large_objects', 'tables.generated_columns',

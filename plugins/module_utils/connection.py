@@ -141,6 +141,15 @@ class ServerSpec:
         return 'ServerSpec(%s)' % self.describe()
 
 
+def dbname_conninfo(dbname):
+    """A connection string that holds only the database name, for a client program's --dbname.
+
+    libpq reads a --dbname value that contains '=' or starts with postgres:// or postgresql:// as a connection string
+    (a database "a=b" breaks it, a database named like a URI points the program, with our credentials, at another
+    server). The name inside a connection string is never expanded again: quoted with backslashes before ' and \\."""
+    return "dbname='%s'" % dbname.replace('\\', '\\\\').replace("'", "\\'")
+
+
 def require_psycopg():
     if not HAS_PSYCOPG:
         raise ConnectionFailure('missing_library', 'psycopg 3 is required on the host that runs this: pip install "psycopg[binary]"')
@@ -287,14 +296,65 @@ def retry_outages(step, limit, log, wait, what, before=None, on_error=None, pass
             wait(min(10.0, 0.5 + waited / 4))
 
 
+def param_safe_query(query, params, context):
+    """The query as psycopg must see it when `params` is given.
+
+    With parameters psycopg reads every '%' of the query text as the start of a placeholder (or '%%'), also inside a
+    quoted identifier or literal that sql.Identifier / sql.Literal composed: a table "pct%tab" becomes a '%t'
+    placeholder, "a%%b" silently becomes "a%b". So in a composed query with parameters the '%' of every identifier and
+    literal is doubled (psycopg turns '%%' back into '%'); sql.SQL text and placeholders are the code's own and stay
+    as they are. Without parameters nothing is parsed and the query is left alone."""
+    if params is None or sql is None or not isinstance(query, sql.Composable):
+        return query
+    return b''.join(_param_safe_parts(query, context))
+
+
+def _param_safe_parts(part, context):
+    if isinstance(part, sql.Composed):
+        for item in part:
+            yield from _param_safe_parts(item, context)
+    elif isinstance(part, (sql.SQL, sql.Placeholder)):
+        yield part.as_bytes(context)
+    else:
+        yield part.as_bytes(context).replace(b'%', b'%%')
+
+
+if HAS_PSYCOPG:
+    class ParamSafeCursor(psycopg.Cursor):
+        """The cursor of every connection connect() opens: identifiers and literals holding '%' work with parameters."""
+
+        def execute(self, query, params=None, **kwargs):  # pylint: disable=arguments-differ
+            return super().execute(param_safe_query(query, params, self), params, **kwargs)
+
+        def executemany(self, query, params_seq, **kwargs):  # pylint: disable=arguments-differ
+            return super().executemany(param_safe_query(query, (), self), params_seq, **kwargs)
+
+        def copy(self, statement, params=None, **kwargs):  # pylint: disable=arguments-differ
+            return super().copy(param_safe_query(statement, params, self), params, **kwargs)
+
+        def stream(self, query, params=None, **kwargs):  # pylint: disable=arguments-differ
+            return super().stream(param_safe_query(query, params, self), params, **kwargs)
+
+    class ParamSafeServerCursor(psycopg.ServerCursor):
+        """The named (server-side) cursor of every connection connect() opens, likewise."""
+
+        def execute(self, query, params=None, **kwargs):  # pylint: disable=arguments-differ
+            return super().execute(param_safe_query(query, params, self), params, **kwargs)
+
+        def executemany(self, query, params_seq, **kwargs):  # pylint: disable=arguments-differ
+            return super().executemany(param_safe_query(query, (), self), params_seq, **kwargs)
+
+
 def connect(spec, dbname=None, autocommit=True, application_name=APPLICATION_NAME, replication=None, **kwargs):
-    """Open a psycopg connection; any failure becomes a ConnectionFailure."""
+    """Open a psycopg connection; any failure becomes a ConnectionFailure. Its cursors are ParamSafeCursor."""
     require_psycopg()
     target_db = dbname or spec.dbname
     try:
         conn = psycopg.connect(autocommit=autocommit, **spec.connect_kwargs(target_db, application_name, replication), **kwargs)
     except psycopg.OperationalError as exc:
         raise classify_error(exc, spec, target_db) from None
+    conn.cursor_factory = ParamSafeCursor
+    conn.server_cursor_factory = ParamSafeServerCursor
     return conn
 
 

@@ -13,6 +13,7 @@ import time
 
 from ansible_collections.pgdts.migration.plugins.module_utils import catalog, proof, schema, scope
 from ansible_collections.pgdts.migration.plugins.module_utils import sync_scope as scope_mod
+from ansible_collections.pgdts.migration.plugins.module_utils import apply as apply_mod, checks
 from ansible_collections.pgdts.migration.plugins.module_utils import worker_process as worker
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import connect, query_value, sql
 from ansible_collections.pgdts.migration.plugins.module_utils.lsn import int_to_lsn, lsn_to_int
@@ -167,6 +168,30 @@ class Finisher:
                 time.sleep(0.05)
             self.fence_lsn = lsn_to_int(query_value(conn, 'SELECT pg_catalog.pg_current_wal_insert_lsn()::text'))
             return self.fence_lsn, len(ended)
+
+    def check_fence_rights(self, store):
+        """Fail before anything is fenced when the source login cannot fence (verify's source.fence_privilege)."""
+        databases = [d['dbname'] for d in store.databases(self.name)]
+        with connect(self.control.source, application_name='pgdts-finish') as conn:
+            rights = conn.execute(checks.FENCE_RIGHTS).fetchone()
+            user = conn.info.user
+        problem = checks.fence_problems(rights, databases, user)
+        if problem:
+            raise TaskControlError('task %s not finished, nothing fenced: %s. %s' % (self.name, problem[0], problem[1]),
+                                   task=self.control.report(store))
+
+    def repair_wal2json_nulls(self, store, databases):
+        """wal2json before 2.6 sends NaN and Infinity of numeric and float columns as null: under the fence, after the
+        catch-up, such NULLs on the destination get the source's value (apply.repair_ambiguous_nulls)."""
+        for dbname in databases:
+            wanted = {(r['schema'], r['table']) for r in store.tables(self.name, dbname)}
+            with connect(self.control.source, dbname, application_name='pgdts-finish') as conn:
+                tables = [t for t in catalog.load_tables(conn, dbname) if (t.schema, t.name) in wanted and t.has_storage]
+            corrected, _keyless = apply_mod.repair_ambiguous_nulls(self.control.source, self.control.destination,
+                                                                   dbname, tables)
+            for qualified, count in corrected:
+                self.log(store, 'finish: %s.%s: %d row(s) with NaN or Infinity that wal2json had sent as NULL '
+                                'corrected from the source' % (dbname, qualified, count))
 
     def watch_fence(self):
         """Note who is connected to a fenced database after the fence (to name a writer that gets through) and end
@@ -417,6 +442,8 @@ class Finisher:
                 self.name, task['stage'], detail), task=control.report(store))
         if float(self.params.get('fence_settle') or 0) < 0:
             raise TaskControlError('fence_settle must be 0 or more seconds', task=control.report(store))
+        if self.params.get('fence', 'read_only') == 'read_only':
+            self.check_fence_rights(store)
         if control.check_mode:
             return control.result(store, True, 'finished', 'task %s would be finished' % self.name,
                                   after_stage='finished')
@@ -472,6 +499,8 @@ class Finisher:
             phase('catch_up')
             self.check_scope(store, databases)
             self.recopy_unlogged(store, databases)
+            if (store.get_task(self.name)['spec'] or {}).get('plugin') == 'wal2json':
+                self.repair_wal2json_nulls(store, databases)
             self.refresh_materialized_views(store, databases)
             phase('materialized_views')
             self.sync_large_objects(store, databases)

@@ -442,7 +442,6 @@ _json_decode = json.JSONDecoder(parse_float=str, parse_int=str).decode
 _TS_RE = re.compile(r'^(\d{4,})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?([+-])(\d\d)(?::?(\d\d))?(?::?(\d\d))?$')
 _UTC = datetime.timezone.utc
 BYTEA_OID = '17'
-NUMERIC_TYPES = ('numeric', 'double precision', 'real', 'float4', 'float8', 'decimal')
 
 
 def parse_pg_timestamptz(text):
@@ -468,18 +467,12 @@ def _json_value(value):
     return json.dumps(value, separators=(',', ':'))
 
 
-def _is_numeric_type(type_name):
-    if not type_name:
-        return False
-    base = type_name.split('(', 1)[0].strip().lower()
-    return base in NUMERIC_TYPES
-
-
 class Wal2JsonParser:
     """Turns wal2json format-version 2 records into Transactions.
 
     `numeric_as_string`: whether the plugin honoured numeric-data-types-as-string; when it did not, a NULL in a
-    numeric/float column may be a NaN or Infinity that the plugin could not print, and raises DecodeError."""
+    numeric/float column may be a NaN or Infinity that the plugin could not print: it is handed on as NULL (see
+    apply.repair_ambiguous_nulls)."""
 
     def __init__(self, numeric_as_string=True, tables=None):
         self.numeric_as_string = numeric_as_string
@@ -492,13 +485,11 @@ class Wal2JsonParser:
         values = {}
         for item in items:
             value = item.get('value')
+            # value None: without numeric-data-types-as-string (wal2json before 2.6) a NULL of a numeric or float
+            # column is a real NULL or a NaN / Infinity the plugin could not print; it is applied as NULL, and
+            # pg_dts_finish corrects the latter from the source under the fence (apply.repair_ambiguous_nulls)
             if value is None:
-                if not self.numeric_as_string and _is_numeric_type(item.get('type')):
-                    raise DecodeError(
-                        'wal2json sent NULL for numeric column "%s" of %s at %s: this wal2json does not support '
-                        'numeric-data-types-as-string and prints NaN and Infinity as NULL, so the real value is '
-                        'unknown. Use the pgoutput plugin or wal2json 2.6 or later'
-                        % (item.get('name'), where, int_to_lsn(lsn)), lsn=lsn, table=where)
+                pass
             elif value.__class__ is not str:
                 value = _json_value(value)
             elif item.get('typeoid') == BYTEA_OID:     # numbers, the type OID too, are kept as text
@@ -557,8 +548,8 @@ class Wal2JsonParser:
 
 
 def wal2json_escape(name):
-    """Escape a schema or table name for wal2json's add-tables option."""
-    return re.sub(r"([\\ ',.*])", r'\\\1', name)
+    """Escape a schema or table name for wal2json's add-tables option (its list ends a name at ',' and whitespace)."""
+    return re.sub(r"([\\ \t\n\r\v\f',.*])", r'\\\1', name)
 
 
 # -- reading a slot ------------------------------------------------------------------------------------------------

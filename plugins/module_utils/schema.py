@@ -14,7 +14,7 @@ import tempfile
 import time
 
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import (
-    WRITER_OPTIONS, connect, query_all, query_one, query_value, sql,
+    WRITER_OPTIONS, connect, dbname_conninfo, query_all, query_one, query_value, sql,
 )
 
 
@@ -300,7 +300,8 @@ def restore_section(destination, dbname, dump_path, section, jobs=1, clean=False
 
 def _restore_section(destination, dbname, dump_path, section, jobs, clean, keep_owners, bindir, list_path,
                      maintenance_work_mem=None):
-    argv = [client_program('pg_restore', bindir), '--section', section, '--dbname', dbname, '--exit-on-error']
+    argv = [client_program('pg_restore', bindir), '--section', section, '--dbname', dbname_conninfo(dbname),
+            '--exit-on-error']
     if list_path:
         argv += ['--use-list', list_path]
     if jobs and jobs > 1 and section == 'post-data':
@@ -453,7 +454,8 @@ def restore_entries(destination, dbname, dump_path, lines, jobs=1, keep_owners=F
     that a caller may stop it). Raises SchemaError."""
     list_path = _write_list(dump_path, lines)
     try:
-        argv = [client_program('pg_restore', bindir), '--dbname', dbname, '--exit-on-error', '--use-list', list_path]
+        argv = [client_program('pg_restore', bindir), '--dbname', dbname_conninfo(dbname), '--exit-on-error',
+                '--use-list', list_path]
         if jobs and jobs > 1 and len(lines) > 1:
             argv += ['--jobs', str(min(jobs, len(lines)))]
         if not keep_owners:

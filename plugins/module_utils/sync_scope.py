@@ -277,6 +277,7 @@ def recopy_unlogged(source, destination, dbname, tables):
             connect(destination, dbname, autocommit=False, application_name='pgdts-finish-copy',
                     options=WRITER_OPTIONS) as dst:
         src.execute('SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY')
+        src.execute('SET LOCAL row_security = off')      # all rows or an error, never filtered (copy.py alike)
         dst.execute("SET LOCAL session_replication_role = replica")
         dst.execute(sql.SQL('TRUNCATE ONLY {}').format(sql.SQL(', ').join(_qualified(t) for t in tables)))
         for table in tables:

@@ -6,13 +6,14 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import time
 
 from ansible_collections.pgdts.migration.plugins.module_utils import catalog, schema, task_state
 from ansible_collections.pgdts.migration.plugins.module_utils import worker_process as worker
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import (
-    ConnectionFailure, connect, error_text, query_value,
+    ConnectionFailure, ServerSpec, connect, error_text, query_value,
 )
 from ansible_collections.pgdts.migration.plugins.module_utils.lsn import lsn_to_int
 from ansible_collections.pgdts.migration.plugins.module_utils.task_state import TaskStore
@@ -332,8 +333,25 @@ class TaskControl:
                            before_stage=before)
 
 
+def task_source(task, paths):
+    """The task's own source server with its login, from the worker directory's credential file, when that file is
+    there and belongs to this source (the task row holds no password); else None."""
+    public = (task.get('spec') or {}).get('source') or {}
+    try:
+        with open(paths.credentials) as handle:
+            stored = json.load(handle).get('source') or {}
+    except (OSError, ValueError):
+        return None
+    if not public or any(stored.get(k) != public.get(k) for k in ('host', 'port', 'user', 'dbname')):
+        return None
+    return ServerSpec.from_dict(stored)
+
+
 def task_infos(source, destination, name, worker_dir, include_tables):
-    """Reports of one task (name) or of all tasks on the destination; never changes anything."""
+    """Reports of one task (name) or of all tasks on the destination; never changes anything.
+
+    `source` None: each task's lag is measured against its own source (task_source()), or, without its login,
+    against the source position the worker last recorded; never against whatever server libpq reaches by default."""
     store = open_store(destination, create=False)
     if store is None or not store.has_tables():
         return []
@@ -342,9 +360,12 @@ def task_infos(source, destination, name, worker_dir, include_tables):
             names = [name] if store.get_task(name) else []
         else:
             names = store.task_names()
-        lsn = source_lsn(source) if source.host or source.port else None
+        lsn = source_lsn(source) if source is not None else None
         out = []
         for task_name in names:
+            if source is None:
+                own = task_source(store.get_task(task_name), worker.TaskPaths(worker_dir, task_name))
+                lsn = source_lsn(own) if own is not None else None
             databases = [d['dbname'] for d in store.databases(task_name)]
             report = task_state.task_report(store, task_name, {d: lsn for d in databases} if lsn else None,
                                             include_tables)

@@ -313,11 +313,13 @@ class TaskRunner:
             with open(dump_path, 'rb') as handle:
                 self.store.update_database(self.name, dbname, schema_dump=handle.read())
             try:
+                if retry:
+                    retry = self.drop_partial_schema(dbname)
                 if not whole:
                     # sequences the selected tables use from schemas the dump does not hold come first
-                    scope = [(t.schema, t.name) for t in chosen]
+                    selected = [(t.schema, t.name) for t in chosen]
                     schema.create_sequences(self.source, self.destination, dbname,
-                                            schema.missing_sequences(self.source, self.destination, dbname, scope,
+                                            schema.missing_sequences(self.source, self.destination, dbname, selected,
                                                                      dump_path),
                                             snapshot=snapshot, keep_owners=self.spec.get('migrate_roles', False),
                                             server_major=major)
@@ -333,6 +335,25 @@ class TaskRunner:
                 os.unlink(dump_path)
         finally:
             repl.close()
+
+    def drop_partial_schema(self, dbname):
+        """Before the pre-data restore runs again: in a database that existed before the task, drop what an earlier
+        attempt of the task restored, and nothing else (pg_restore --clean would also drop the destination's own objects
+        that have the name of a restored one). That is what was not there before the task and is an object of the
+        source database (an object the user renamed to make room is neither). Returns whether the restore may still
+        --clean: only in a database the task created, which holds nothing but the task's objects."""
+        existing = self.store.existing_objects(self.name, dbname)
+        if existing is None:
+            return True
+        with connect(self.source, dbname, application_name='pgdts-worker') as src:
+            source_objects = {json.dumps(address) for address in schema.own_objects(src)}
+        with connect(self.destination, dbname, application_name='pgdts-worker', options=WRITER_OPTIONS) as dst:
+            dropped = schema.drop_objects(dst, [address for address in schema.created_objects(dst, existing)
+                                                if json.dumps(address) in source_objects])
+        if dropped:
+            self.event('database "%s": dropped %d object(s) an earlier schema restore of the task left: %s' % (
+                dbname, len(dropped), ', '.join('%s %s' % item for item in dropped[:10])))
+        return False
 
     def identity_checked(self, src, dbname, chosen):
         """Before the publication exists: the tables without a usable replica identity get what the replica_identity

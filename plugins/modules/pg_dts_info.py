@@ -40,7 +40,10 @@ options:
     type: path
     default: ~/.pgdts
 notes:
-  - The O(source) connection is optional; with it the lag is measured against the source's current WAL position.
+  - The O(source) connection is optional; with it the lag is measured against that server's current WAL position.
+    Without it, each task's lag is measured against the task's own source, with the login the task's worker holds in
+    O(worker_dir); when that is not there (the task ended, or another O(worker_dir)), against the source position the
+    worker last recorded on the destination. The C(PG*) environment variables are not used for the source here.
 '''
 
 EXAMPLES = r'''
@@ -83,7 +86,9 @@ def main():
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     ansible_common.ensure_psycopg(module)
-    source = ansible_common.server_spec(module, 'source')
+    # without source, each task's own source (never the server libpq would reach by default)
+    given = any(value not in (None, '') for value in (module.params['source'] or {}).values())
+    source = ansible_common.server_spec(module, 'source') if given else None
     destination = ansible_common.server_spec(module, 'destination')
     try:
         tasks = task_infos(source, destination, module.params['name'], module.params['worker_dir'],

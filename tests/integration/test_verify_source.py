@@ -696,6 +696,9 @@ def test_a_catalog_the_role_cannot_read_fails_only_its_own_item(src, dst):
             conn.execute('ALTER TABLE t OWNER TO v_locked')
         with src.connect() as conn:
             conn.execute('REVOKE EXECUTE ON FUNCTION pg_catalog.pg_control_system() FROM PUBLIC')
+            # a login that can fence at the cutover (source.fence_privilege)
+            conn.execute('ALTER DATABASE v_broken OWNER TO v_locked')
+            conn.execute('GRANT pg_signal_backend TO v_locked')
         result = verify(src, dst, source_user='v_locked', databases=['v_broken'])
         item = result['tables.large_objects']
         assert item['status'] == 'failed'

@@ -219,13 +219,14 @@ def test_wal2json_numbers_stay_exact_text():
     assert (txn.commit_lsn, txn.end_lsn) == (0x10, 0x20)
 
 
-def test_wal2json_null_numeric_without_string_option_is_refused():
+def test_wal2json_null_numeric_without_string_option_is_handed_on_as_null():
+    """A real NULL or a NaN the plugin could not print: applied as NULL, corrected by pg_dts_finish under the fence."""
     parser = Wal2JsonParser(numeric_as_string=False)
     parser.feed(w2j('B', xid=1, lsn='0/10', nextlsn='0/20', timestamp='2026-01-02 03:04:05+00'))
-    with pytest.raises(DecodeError, match='NULL for numeric column "n" of public.t at 0/10'):
-        parser.feed(w2j('I', schema='public', table='t', columns=[{'name': 'n', 'type': 'numeric', 'value': None}]))
-    # a NULL text column is fine
-    parser.feed(w2j('I', schema='public', table='t', columns=[{'name': 's', 'type': 'text', 'value': None}]))
+    columns = [{'name': 'n', 'type': 'numeric', 'value': None}, {'name': 's', 'type': 'text', 'value': None}]
+    parser.feed(w2j('I', schema='public', table='t', columns=columns))
+    txn = parser.feed(w2j('C', xid=1, lsn='0/10', nextlsn='0/20', timestamp='2026-01-02 03:04:05+00'))
+    assert txn.changes[0].new == {'n': None, 's': None}
 
 
 def test_wal2json_with_numeric_as_string_keeps_nan_and_null():
