@@ -504,8 +504,8 @@ def _not_compared(scopes, mode, compare_owners):
                                                 'the destination login'})
     left_out = ['%s.%s.%s' % ((s.dbname,) + tuple(t)) for s in scopes for t in s.left_out]
     if left_out:
-        out.append({'kind': 'tables left out', 'reason': 'without a replica identity, left out of the sync by '
-                                                          'replica_identity: exclude: %s' % ', '.join(left_out)})
+        reason = 'without a replica identity, left out of the sync by replica_identity: exclude: %s' % ', '.join(left_out)
+        out.append({'kind': 'tables left out', 'reason': reason})
     foreign = ['%s.%s.%s' % ((s.dbname,) + f) for s in scopes for f in s.foreign_tables]
     if foreign:
         out.append({'kind': 'foreign tables', 'reason': 'their rows live on another server: %s' % ', '.join(foreign)})
