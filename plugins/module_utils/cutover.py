@@ -20,7 +20,6 @@ from ansible_collections.pgdts.migration.plugins.module_utils.lsn import int_to_
 from ansible_collections.pgdts.migration.plugins.module_utils.task_control import TaskControlError
 
 
-
 # Backends of a fenced database that finish does not end: they do not write on their own (a walsender streams, the
 # task's own among them; an autovacuum or parallel worker works for the server or for a session that is ended).
 _NOT_TERMINATED = ('walsender', 'autovacuum worker', 'parallel worker')
