@@ -110,9 +110,10 @@ def run_pair(source_major, dest_major, plugin, ansible, tmp_path, cluster_base_d
         assert src.setting('wal_level') == 'logical'
 
         args = {'name': name, 'source': src.spec(), 'destination': dst.spec(), 'worker_dir': worker_dir, 'jobs': 2,
-                'databases': [dbname], 'plugin': plugin, 'pg_bindir': clients}
+                'databases': [dbname], 'plugin': plugin, 'pg_bindir': clients,
+                'replica_identity': 'full'}     # the write load's ledger and pgbench_history have no key
         status, result = ansible.module(VERIFY, {k: args[k] for k in ('name', 'source', 'destination', 'databases',
-                                                                      'plugin', 'pg_bindir')})
+                                                                      'plugin', 'pg_bindir', 'replica_identity')})
         assert status == 'ok' and result['passed'], [c for c in result.get('checks', []) if c['status'] == 'failed']
         client_item = [c for c in result['checks'] if c['id'] == 'worker.client_programs'][0]
         assert client_item['status'] == 'pass' and clients in client_item['message'], client_item
