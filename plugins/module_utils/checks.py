@@ -699,6 +699,18 @@ def _gather(ctx):
 # Phase 2: items
 # ------------------------------------------------------------------------------------------------------------------
 
+ITEMS = []      # (id, function) of every check item, in the order of the output; filled by @item
+
+
+def item(check_id):
+    """Declare a check item: `check_id` is its stable id; the function is called as function(ctx, check_id)."""
+    def register(function):
+        assert check_id not in {i for i, _f in ITEMS}, check_id
+        ITEMS.append((check_id, function))
+        return function
+    return register
+
+
 def _skip_source(check_id):
     return _item(check_id, FAILED, 'skipped because pgdts could not connect to the source (see source.connection)',
                  'Fix the source connection first.')
@@ -757,13 +769,14 @@ def _per_db_items(ctx, check_id, keys, evaluate):
     return found, None
 
 
-def check_task_name(ctx):
+@item('task.name')
+def check_task_name(ctx, cid):
     if ctx.task_error:
-        return _item('task.name', FAILED, ctx.task_error,
+        return _item(cid, FAILED, ctx.task_error,
                      'Use a name that starts with a lower-case letter and holds only lower-case letters, digits and '
                      'underscores (at most 40 characters).')
-    return _item('task.name', PASS, 'task name "%s" is valid; its slots, publications and origins are named '
-                                    'pgdts_%s_<database tag>' % (ctx.task, ctx.task))
+    return _item(cid, PASS, 'task name "%s" is valid; its slots, publications and origins are named '
+                            'pgdts_%s_<database tag>' % (ctx.task, ctx.task))
 
 
 def _connection_item(check_id, holder, spec, role):
@@ -776,16 +789,18 @@ def _connection_item(check_id, holder, spec, role):
                  % (role, spec.describe(), holder.get('version_text') or _version_text(holder.get('version'))), '', [obj])
 
 
-def check_source_connection(ctx):
-    return _connection_item('source.connection', ctx.src, ctx.source_spec, 'source')
+@item('source.connection')
+def check_source_connection(ctx, cid):
+    return _connection_item(cid, ctx.src, ctx.source_spec, 'source')
 
 
-def check_destination_connection(ctx):
-    return _connection_item('destination.connection', ctx.dst, ctx.dest_spec, 'destination')
+@item('destination.connection')
+def check_destination_connection(ctx, cid):
+    return _connection_item(cid, ctx.dst, ctx.dest_spec, 'destination')
 
 
-def check_databases(ctx):
-    cid = 'source.databases'
+@item('source.databases')
+def check_databases(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     error = _fact_error(cid, ctx.src, 'databases')
@@ -818,8 +833,8 @@ def check_databases(ctx):
                  '', [{'type': 'database', 'name': d} for d in ctx.db_names])
 
 
-def check_replication_connection(ctx):
-    cid = 'source.replication_connection'
+@item('source.replication_connection')
+def check_replication_connection(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     bad = [(db, err) for db, err in ctx.repl.items() if err]
@@ -843,8 +858,8 @@ def check_replication_connection(ctx):
                  % _names('"%s"' % d for d in ctx.repl), '', [{'type': 'database', 'name': d} for d in ctx.repl])
 
 
-def check_distinct(ctx):
-    cid = 'servers.distinct'
+@item('servers.distinct')
+def check_distinct(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     if not ctx.dst.ok:
@@ -863,8 +878,8 @@ def check_distinct(ctx):
     return _item(cid, PASS, 'source and destination are different servers%s' % note)
 
 
-def check_source_version(ctx):
-    cid = 'source.version'
+@item('source.version')
+def check_source_version(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     version = ctx.src.get('version')
@@ -897,8 +912,8 @@ def compare_versions(source_num, dest_num):
     return PASS, 'source and destination run the same major version (%d)' % src_major
 
 
-def check_destination_version(ctx):
-    cid = 'destination.version'
+@item('destination.version')
+def check_destination_version(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     if not ctx.dst.ok:
@@ -911,9 +926,9 @@ def check_destination_version(ctx):
         {'type': 'server', 'role': 'destination', 'version_num': ctx.dst.get('version')}])
 
 
-def check_client_programs(ctx):
+@item('worker.client_programs')
+def check_client_programs(ctx, cid):
     """pg_dump and pg_restore (psql too, if it is there) the worker can run for these servers, on this host."""
-    cid = 'worker.client_programs'
     if not ctx.src.ok:
         return _skip_source(cid)
     if not ctx.dst.ok:
@@ -936,8 +951,8 @@ def check_client_programs(ctx):
                  programs)
 
 
-def check_source_recovery(ctx):
-    cid = 'source.recovery'
+@item('source.recovery')
+def check_source_recovery(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     identity = ctx.src.get('identity')
@@ -950,8 +965,8 @@ def check_source_recovery(ctx):
     return _item(cid, PASS, 'the source is a primary (not in recovery)')
 
 
-def check_destination_recovery(ctx):
-    cid = 'destination.recovery'
+@item('destination.recovery')
+def check_destination_recovery(ctx, cid):
     if not ctx.dst.ok:
         return _skip_destination(cid)
     identity = ctx.dst.get('identity')
@@ -967,8 +982,8 @@ def _setting(holder, name):
     return (holder.get('settings') or {}).get(name)
 
 
-def check_wal_level(ctx):
-    cid = 'source.wal_level'
+@item('source.wal_level')
+def check_wal_level(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     value = _setting(ctx.src, 'wal_level')
@@ -995,8 +1010,8 @@ def _free_slots(ctx):
     return int(value['setting']) - len(slots)
 
 
-def check_replication_slots(ctx):
-    cid = 'source.replication_slots'
+@item('source.replication_slots')
+def check_replication_slots(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     error = _fact_error(cid, ctx.src, 'slots')
@@ -1025,8 +1040,8 @@ def check_replication_slots(ctx):
     return _item(cid, PASS, counts, '', obj)
 
 
-def check_wal_senders(ctx):
-    cid = 'source.wal_senders'
+@item('source.wal_senders')
+def check_wal_senders(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     error = _fact_error(cid, ctx.src, 'walsenders')
@@ -1046,8 +1061,8 @@ def check_wal_senders(ctx):
     return _item(cid, PASS, counts, '', obj)
 
 
-def check_max_slot_wal_keep_size(ctx):
-    cid = 'source.max_slot_wal_keep_size'
+@item('source.max_slot_wal_keep_size')
+def check_max_slot_wal_keep_size(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     value = _setting(ctx.src, 'max_slot_wal_keep_size')
@@ -1106,30 +1121,33 @@ def _session_setting_item(ctx, cid, rules, fix_value):
     return _with_unreachable(ctx, _item(cid, WARNING, '; '.join(parts), hint, objects))
 
 
-def check_wal_sender_timeout(ctx):
-    return _session_setting_item(ctx, 'source.wal_sender_timeout', [(
+@item('source.wal_sender_timeout')
+def check_wal_sender_timeout(ctx, cid):
+    return _session_setting_item(ctx, cid, [(
         'wal_sender_timeout', lambda v: v == 0 or v < WAL_SENDER_TIMEOUT_MIN_MS,
         'below 60s the source drops the change stream while the destination applies one large transaction; 0 never '
         'notices a dead connection, which keeps the slot busy so a resumed task cannot use it')], '60000')
 
 
-def check_statement_timeout(ctx):
-    return _session_setting_item(ctx, 'source.statement_timeout', [
+@item('source.statement_timeout')
+def check_statement_timeout(ctx, cid):
+    return _session_setting_item(ctx, cid, [
         ('statement_timeout', lambda v: v > 0,
          'copying one table is a single COPY statement, so a table whose copy takes longer is cancelled'),
         ('transaction_timeout', lambda v: v > 0,
          'each copy worker reads in one long transaction, which this timeout ends')], '0')
 
 
-def check_idle_timeout(ctx):
-    return _session_setting_item(ctx, 'source.idle_in_transaction_session_timeout', [(
+@item('source.idle_in_transaction_session_timeout')
+def check_idle_timeout(ctx, cid):
+    return _session_setting_item(ctx, cid, [(
         'idle_in_transaction_session_timeout', lambda v: v > 0,
         'copy sessions keep their snapshot transaction open while they wait for the destination and would be ended')],
         '0')
 
 
-def check_replication_privilege(ctx):
-    cid = 'source.replication_privilege'
+@item('source.replication_privilege')
+def check_replication_privilege(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     role = ctx.src.get('role')
@@ -1146,8 +1164,8 @@ def check_replication_privilege(ctx):
                  'rds_replication).' % _ident(name), obj)
 
 
-def check_select_privilege(ctx):
-    cid = 'source.select_privilege'
+@item('source.select_privilege')
+def check_select_privilege(ctx, cid):
 
     def evaluate(db, holder):
         out = []
@@ -1181,8 +1199,8 @@ def check_select_privilege(ctx):
                                                    'its sequences' % count))
 
 
-def check_row_security(ctx):
-    cid = 'source.row_security'
+@item('source.row_security')
+def check_row_security(ctx, cid):
 
     def evaluate(db, holder):
         by_oid = holder.get('by_oid')
@@ -1209,8 +1227,8 @@ def check_row_security(ctx):
         hint + '.', found))
 
 
-def check_fence_privilege(ctx):
-    cid = 'source.fence_privilege'
+@item('source.fence_privilege')
+def check_fence_privilege(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     rights = ctx.src.get('fence_rights')
@@ -1225,8 +1243,8 @@ def check_fence_privilege(ctx):
         user, 'superuser' if rights[0] else 'owner of the databases and member of pg_signal_backend'), '', obj)
 
 
-def check_publication_privilege(ctx):
-    cid = 'source.publication_privilege'
+@item('source.publication_privilege')
+def check_publication_privilege(ctx, cid):
     if ctx.plugin != 'pgoutput':
         return _item(cid, PASS, 'plugin %s needs no publication' % ctx.plugin)
 
@@ -1262,8 +1280,8 @@ def check_publication_privilege(ctx):
                                                    'tables and may create in the databases)'))
 
 
-def check_long_transactions(ctx):
-    cid = 'source.long_transactions'
+@item('source.long_transactions')
+def check_long_transactions(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     error = _fact_error(cid, ctx.src, 'long_transactions')
@@ -1288,8 +1306,8 @@ def check_long_transactions(ctx):
                  % _names(str(r[0]) for r in rows), objects)
 
 
-def check_prepared_transactions(ctx):
-    cid = 'source.prepared_transactions'
+@item('source.prepared_transactions')
+def check_prepared_transactions(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     error = _fact_error(cid, ctx.src, 'prepared')
@@ -1307,16 +1325,16 @@ def check_prepared_transactions(ctx):
                  'ROLLBACK PREPARED %s;' % (_literal(rows[0][0]), _literal(rows[0][0])), objects)
 
 
-def check_plugin_load(ctx):
-    cid = 'plugin.load'
+@item('plugin.load')
+def check_plugin_load(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     status, message, hint = ctx.plugin_result
     return _item(cid, status, message, hint, [{'type': 'plugin', 'name': ctx.plugin}])
 
 
-def check_numeric_special_values(ctx):
-    cid = 'plugin.numeric_special_values'
+@item('plugin.numeric_special_values')
+def check_numeric_special_values(ctx, cid):
     if ctx.plugin != 'wal2json':
         return _item(cid, PASS, 'plugin %s carries NaN and Infinity of numeric and float columns as they are' % ctx.plugin)
 
@@ -1348,8 +1366,8 @@ def check_numeric_special_values(ctx):
         "never hold NaN or Infinity (for example CHECK (col <> 'NaN')).", found))
 
 
-def check_task_objects(ctx):
-    cid = 'task.objects'
+@item('task.objects')
+def check_task_objects(ctx, cid):
     if ctx.task_error:
         return _item(cid, FAILED, 'skipped because the task name is invalid (see task.name)', 'Fix the task name.')
     if not ctx.src.ok:
@@ -1417,8 +1435,8 @@ def check_task_objects(ctx):
                  '', objects)
 
 
-def check_selection(ctx):
-    cid = 'tables.selection'
+@item('tables.selection')
+def check_selection(ctx, cid):
     if ctx.selection_error:
         return _item(cid, FAILED, 'invalid table pattern: %s' % ctx.selection_error,
                      'Write patterns as schema.table or database.schema.table; * and ? are globs; quote names that hold '
@@ -1453,8 +1471,8 @@ def check_selection(ctx):
     return _with_unreachable(ctx, _item(cid, PASS, message, '', objects))
 
 
-def check_missing(ctx):
-    cid = 'tables.missing'
+@item('tables.missing')
+def check_missing(ctx, cid):
     if ctx.selection_error:
         return _item(cid, FAILED, 'skipped because the table selection is invalid (see tables.selection)',
                      'Fix the tables / exclude_tables patterns.')
@@ -1479,8 +1497,8 @@ def check_missing(ctx):
     return _with_unreachable(ctx, _item(cid, PASS, 'every table pattern matches at least one table'))
 
 
-def check_replica_identity(ctx):
-    cid = 'tables.replica_identity'
+@item('tables.replica_identity')
+def check_replica_identity(ctx, cid):
     mode = getattr(ctx, 'replica_identity', 'fail') or 'fail'
 
     def evaluate(db, holder):
@@ -1599,16 +1617,18 @@ def _trigger_like_item(ctx, cid, key, kind):
     return _with_unreachable(ctx, _item(cid, WARNING, message, hint, active))
 
 
-def check_triggers(ctx):
-    return _trigger_like_item(ctx, 'tables.triggers', 'triggers', 'trigger')
+@item('tables.triggers')
+def check_triggers(ctx, cid):
+    return _trigger_like_item(ctx, cid, 'triggers', 'trigger')
 
 
-def check_rules(ctx):
-    return _trigger_like_item(ctx, 'tables.rules', 'rules', 'rule')
+@item('tables.rules')
+def check_rules(ctx, cid):
+    return _trigger_like_item(ctx, cid, 'rules', 'rule')
 
 
-def check_unlogged(ctx):
-    cid = 'tables.unlogged'
+@item('tables.unlogged')
+def check_unlogged(ctx, cid):
 
     def evaluate(db, holder):
         return [_table_obj(db, t.schema, t.name) for t in holder.get('selected', []) if t.relpersistence == 'u']
@@ -1633,8 +1653,8 @@ def check_unlogged(ctx):
         'instead.' % _qname(found[0]['schema'], found[0]['name']), found))
 
 
-def check_materialized_views(ctx):
-    cid = 'tables.materialized_views'
+@item('tables.materialized_views')
+def check_materialized_views(ctx, cid):
     whole = not ctx.include and not ctx.exclude
 
     def evaluate(db, holder):
@@ -1674,8 +1694,8 @@ def check_materialized_views(ctx):
                    % (_plural(len(found), 'materialized view'), shown), None, found))
 
 
-def check_large_objects(ctx):
-    cid = 'tables.large_objects'
+@item('tables.large_objects')
+def check_large_objects(ctx, cid):
     whole = not ctx.include and not ctx.exclude
     found, error = _per_db_items(ctx, cid, ['large_objects'], lambda db, h: [
         {'type': 'database', 'name': db, 'large_objects': int(h.get('large_objects'))}
@@ -1699,8 +1719,8 @@ def check_large_objects(ctx):
         'are stopped at cutover (pg_dump --large-objects --data-only).', found))
 
 
-def check_generated_columns(ctx):
-    cid = 'tables.generated_columns'
+@item('tables.generated_columns')
+def check_generated_columns(ctx, cid):
 
     def evaluate(db, holder):
         return [{'type': 'column', 'database': db, 'schema': t.schema, 'table': t.name, 'name': c.name}
@@ -1720,8 +1740,8 @@ def check_generated_columns(ctx):
         'a sample after the copy).', found))
 
 
-def check_foreign_keys(ctx):
-    cid = 'tables.foreign_keys'
+@item('tables.foreign_keys')
+def check_foreign_keys(ctx, cid):
 
     def evaluate(db, holder):
         by_oid = holder.get('by_oid')
@@ -1765,8 +1785,8 @@ def _available(ctx):
     return table
 
 
-def check_extensions(ctx):
-    cid = 'destination.extensions'
+@item('destination.extensions')
+def check_extensions(ctx, cid):
     if not ctx.dst.ok:
         return _skip_destination(cid)
     error = _fact_error(cid, ctx.dst, 'available_extensions')
@@ -1844,8 +1864,8 @@ def encoding_status(source_encoding, dest_encoding):
     return FAILED, 'characters of %s without an equivalent in %s cannot be stored' % (source_encoding, dest_encoding)
 
 
-def check_encoding(ctx):
-    cid = 'destination.encoding'
+@item('destination.encoding')
+def check_encoding(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     if not ctx.dst.ok:
@@ -1874,8 +1894,8 @@ def _norm_locale(value):
     return (value or '').lower().replace('-', '')
 
 
-def check_collation(ctx):
-    cid = 'destination.collation'
+@item('destination.collation')
+def check_collation(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     if not ctx.dst.ok:
@@ -1941,8 +1961,8 @@ def check_collation(ctx):
         'migration (CREATE COLLATION ...).', found))
 
 
-def check_create_privilege(ctx):
-    cid = 'destination.create_privilege'
+@item('destination.create_privilege')
+def check_create_privilege(ctx, cid):
     if not ctx.dst.ok:
         return _skip_destination(cid)
     role = ctx.dst.get('role')
@@ -1987,8 +2007,8 @@ def check_create_privilege(ctx):
     return _item(cid, PASS, 'destination role "%s" can create the databases, schemas and tables of the migration' % name)
 
 
-def check_apply_privilege(ctx):
-    cid = 'destination.apply_privilege'
+@item('destination.apply_privilege')
+def check_apply_privilege(ctx, cid):
     if not ctx.dst.ok:
         return _skip_destination(cid)
     role = ctx.dst.get('role')
@@ -2020,8 +2040,8 @@ def check_apply_privilege(ctx):
                  'As a superuser on the destination: %s' % ' '.join(grants), missing)
 
 
-def check_replication_origins(ctx):
-    cid = 'destination.replication_origins'
+@item('destination.replication_origins')
+def check_replication_origins(ctx, cid):
     if not ctx.dst.ok:
         return _skip_destination(cid)
     name = 'max_active_replication_origins' if ctx.dst.get('version') >= 180000 else 'max_replication_slots'
@@ -2051,8 +2071,8 @@ def check_replication_origins(ctx):
     return _item(cid, PASS, counts, '', obj)
 
 
-def check_conflicts(ctx):
-    cid = 'destination.conflicts'
+@item('destination.conflicts')
+def check_conflicts(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     if not ctx.dst.ok:
@@ -2125,9 +2145,9 @@ def disk_space_status(required, free):
     return PASS, 'enough'
 
 
-def check_roles(ctx):
+@item('destination.roles')
+def check_roles(ctx, cid):
     """migrate_roles: the roles the task would create on the destination, and whether the destination login may."""
-    cid = 'destination.roles'
     if not ctx.migrate_roles:
         return _item(cid, PASS, 'migrate_roles is off: roles are not copied (object owners and privileges are left out)')
     if not ctx.src.ok:
@@ -2153,8 +2173,8 @@ def check_roles(ctx):
     return _item(cid, PASS, counts, '', objects)
 
 
-def check_disk_space(ctx):
-    cid = 'destination.disk_space'
+@item('destination.disk_space')
+def check_disk_space(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     if not ctx.dst.ok:
@@ -2182,71 +2202,7 @@ def check_disk_space(ctx):
     return _with_unreachable(ctx, _item(cid, status, message, hint, obj))
 
 
-CHECKS = (
-    check_task_name,
-    check_source_connection,
-    check_destination_connection,
-    check_databases,
-    check_replication_connection,
-    check_distinct,
-    check_source_version,
-    check_destination_version,
-    check_client_programs,
-    check_source_recovery,
-    check_destination_recovery,
-    check_wal_level,
-    check_replication_slots,
-    check_wal_senders,
-    check_max_slot_wal_keep_size,
-    check_wal_sender_timeout,
-    check_statement_timeout,
-    check_idle_timeout,
-    check_replication_privilege,
-    check_select_privilege,
-    check_row_security,
-    check_fence_privilege,
-    check_publication_privilege,
-    check_long_transactions,
-    check_prepared_transactions,
-    check_plugin_load,
-    check_numeric_special_values,
-    check_task_objects,
-    check_selection,
-    check_missing,
-    check_replica_identity,
-    check_triggers,
-    check_rules,
-    check_unlogged,
-    check_materialized_views,
-    check_large_objects,
-    check_generated_columns,
-    check_foreign_keys,
-    check_extensions,
-    check_encoding,
-    check_collation,
-    check_create_privilege,
-    check_apply_privilege,
-    check_replication_origins,
-    check_conflicts,
-    check_roles,
-    check_disk_space,
-)
-
-CHECK_IDS = (
-    'task.name', 'source.connection', 'destination.connection', 'source.databases', 'source.replication_connection',
-    'servers.distinct', 'source.version', 'destination.version',
-    'worker.client_programs', 'source.recovery', 'destination.recovery',
-    'source.wal_level', 'source.replication_slots', 'source.wal_senders', 'source.max_slot_wal_keep_size',
-    'source.wal_sender_timeout', 'source.statement_timeout', 'source.idle_in_transaction_session_timeout',
-    'source.replication_privilege', 'source.select_privilege', 'source.row_security', 'source.fence_privilege',
-    'source.publication_privilege',
-    'source.long_transactions', 'source.prepared_transactions', 'plugin.load', 'plugin.numeric_special_values',
-    'task.objects', 'tables.selection', 'tables.missing', 'tables.replica_identity', 'tables.triggers', 'tables.rules',
-    'tables.unlogged', 'tables.materialized_views', 'tables.large_objects', 'tables.generated_columns',
-    'tables.foreign_keys', 'destination.extensions', 'destination.encoding', 'destination.collation',
-    'destination.create_privilege', 'destination.apply_privilege', 'destination.replication_origins',
-    'destination.conflicts', 'destination.roles', 'destination.disk_space',
-)
+CHECK_IDS = tuple(check_id for check_id, _function in ITEMS)
 
 
 def validate_options(task, tables=None, exclude_tables=None, plugin='pgoutput'):
@@ -2300,11 +2256,10 @@ def run_checks(source, destination, task, databases=None, tables=None, exclude_t
     if ctx.object_re:
         ctx.expected_names = {task_state.object_name(task, db): db for db in ctx.db_names}
     items = []
-    for check in CHECKS:
+    for check_id, check in ITEMS:
         try:
-            items.append(check(ctx))
+            items.append(check(ctx, check_id))
         except Exception as exc:  # pylint: disable=broad-except  # one broken check must not hide the others
-            check_id = CHECK_IDS[CHECKS.index(check)]
             items.append(_item(check_id, FAILED, 'the check itself failed: %s: %s' % (exc.__class__.__name__, exc),
                                'Report this as a pgdts bug, with the message.'))
     return items
