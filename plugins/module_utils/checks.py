@@ -25,9 +25,11 @@ from ansible_collections.pgdts.migration.plugins.module_utils.connection import 
 try:
     import psycopg
     from psycopg import sql
+    from psycopg.rows import namedtuple_row
 except ImportError:  # pragma: no cover - connect() reports the missing library as a failed item
     psycopg = None
     sql = None
+    namedtuple_row = None
 
 PASS, WARNING, FAILED = 'pass', 'warning', 'failed'
 STATUSES = (PASS, WARNING, FAILED)
@@ -148,7 +150,7 @@ def _version_text(version_num):
     return '%d.%d.%d' % (version_num // 10000, (version_num // 100) % 100, version_num % 100)
 
 
-class _Holder:
+class Holder:
     """Facts read from one connection, and the errors of the queries that failed."""
 
     def __init__(self, name):
@@ -163,7 +165,7 @@ class _Holder:
 
     def fetch(self, key, conn, query, params=None, how='all'):
         try:
-            with conn.cursor() as cur:
+            with conn.cursor(row_factory=namedtuple_row) as cur:      # facts are read by column name
                 cur.execute(query, params)
                 if how == 'all':
                     result = cur.fetchall()
@@ -180,7 +182,9 @@ class _Holder:
         return self.facts.get(key, default)
 
 
-class _Ctx:
+class Facts:
+    """Everything run_checks() learned from the two servers (and the options it was given): what the items judge."""
+
     def __init__(self, source, destination, task, databases, tables, exclude_tables, plugin, incremental, resuming,
                  migrate_roles=False):
         self.migrate_roles = bool(migrate_roles)
@@ -196,15 +200,18 @@ class _Ctx:
         self.task_error = None
         self.object_re = None
         self.selection_error = None
-        self.src = _Holder('source')
-        self.dst = _Holder('destination')
+        self.src = Holder('source')
+        self.dst = Holder('destination')
         self.db_names = []              # the selected source databases
         self.db_problems = []           # (dbname, problem) of the databases option
-        self.src_dbs = {}               # dbname -> _Holder (normal connection facts)
+        self.src_dbs = {}               # dbname -> Holder (normal connection facts)
         self.repl = {}                  # dbname -> None or failure message
-        self.dst_dbs = {}               # dbname -> _Holder, only for databases that exist on the destination
+        self.dst_dbs = {}               # dbname -> Holder, only for databases that exist on the destination
         self.plugin_result = None       # (status, message, hint)
         self.expected_names = {}        # object name -> dbname
+        self.replica_identity = 'fail'
+        self.pg_bindir = None
+        self.roles_preview = None       # migrate_roles: roles.preview() of both servers, or the exception it raised
 
     @property
     def whole_databases(self):
@@ -228,30 +235,30 @@ class _Ctx:
 # ------------------------------------------------------------------------------------------------------------------
 
 _SOURCE_ROLE = """
-SELECT current_user, r.rolsuper, r.rolreplication, r.rolcreatedb
+SELECT current_user AS rolname, r.rolsuper, r.rolreplication, r.rolcreatedb
   FROM pg_catalog.pg_roles r WHERE r.rolname = current_user
 """
 
 _DATABASES = """
-SELECT d.datname, d.datistemplate, d.datallowconn, pg_catalog.pg_encoding_to_char(d.encoding),
-       d.datcollate, d.datctype, {provider}, {icu_locale},
-       pg_catalog.has_database_privilege(d.oid, 'CREATE')
+SELECT d.datname, d.datistemplate, d.datallowconn, pg_catalog.pg_encoding_to_char(d.encoding) AS encoding,
+       d.datcollate, d.datctype, {provider} AS provider, {icu_locale} AS icu_locale,
+       pg_catalog.has_database_privilege(d.oid, 'CREATE') AS can_create
   FROM pg_catalog.pg_database d ORDER BY d.datname
 """
 
 _SETTINGS = """
-SELECT name, setting, unit, pg_catalog.current_setting(name), source
+SELECT name, setting, unit, pg_catalog.current_setting(name) AS display, source
   FROM pg_catalog.pg_settings WHERE name = ANY(%s)
 """
 
 _SLOTS = """
-SELECT slot_name, plugin, slot_type, database, active, active_pid, temporary, {wal_status}
+SELECT slot_name, plugin, slot_type, database, active, active_pid, temporary, {wal_status} AS wal_status
   FROM pg_catalog.pg_replication_slots ORDER BY slot_name
 """
 
 _LONG_TRANSACTIONS = """
 SELECT pid, usename, datname, application_name, state, backend_type,
-       EXTRACT(EPOCH FROM now() - xact_start)::bigint
+       EXTRACT(EPOCH FROM now() - xact_start)::bigint AS seconds
   FROM pg_catalog.pg_stat_activity
  WHERE pid <> pg_catalog.pg_backend_pid() AND backend_xid IS NOT NULL
    AND xact_start < now() - pg_catalog.make_interval(secs => %s)
@@ -264,12 +271,12 @@ SELECT count(*) FROM pg_catalog.pg_stat_activity
 """
 
 _PREPARED = """
-SELECT gid, owner, database, EXTRACT(EPOCH FROM now() - prepared)::bigint
+SELECT gid, owner, database, EXTRACT(EPOCH FROM now() - prepared)::bigint AS seconds
   FROM pg_catalog.pg_prepared_xacts ORDER BY prepared
 """
 
 _SERVER_IDENTITY = """
-SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.pg_postmaster_start_time()::text
+SELECT pg_catalog.pg_is_in_recovery() AS in_recovery, pg_catalog.pg_postmaster_start_time()::text AS started
 """
 
 _SYSTEM_IDENTIFIER = 'SELECT system_identifier::text FROM pg_catalog.pg_control_system()'
@@ -303,40 +310,41 @@ def _databases_query(version):
 
 
 def _settings_map(rows):
-    return {r[0]: {'setting': r[1], 'unit': r[2], 'display': r[3], 'source': r[4]} for r in rows or []}
+    return {r.name: {'setting': r.setting, 'unit': r.unit, 'display': r.display, 'source': r.source} for r in rows or []}
 
 
 def _gather_source(ctx):
+    """Server-wide facts of the source; returns the (autocommit, idle) connection for _gather_roles, or None."""
     src = ctx.src
     conn = _connect(src, ctx.source_spec)
     if conn is None:
-        return
-    with conn:
-        version = conn.info.server_version
-        src.facts['version'] = version
-        src.fetch('role', conn, _SOURCE_ROLE, how='one')
-        src.fetch('fence_rights', conn, FENCE_RIGHTS, how='one')
-        src.fetch('databases', conn, _databases_query(version))
-        src.fetch('settings', conn, _SETTINGS, (list(SOURCE_SETTINGS),))
-        src.facts['settings'] = _settings_map(src.get('settings'))
-        wal_status = sql.Identifier('wal_status') if version >= 130000 else sql.NULL
-        src.fetch('slots', conn, sql.SQL(_SLOTS).format(wal_status=wal_status))
-        src.fetch('walsenders', conn, "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'walsender'",
-                  how='value')
-        src.fetch('long_transactions', conn, _LONG_TRANSACTIONS, (LONG_TRANSACTION_SECONDS,))
-        src.fetch('hidden_xid_sessions', conn, _HIDDEN_XID_SESSIONS, how='value')
-        src.fetch('prepared', conn, _PREPARED)
-        src.fetch('identity', conn, _SERVER_IDENTITY, how='one')
-        src.fetch('system_identifier', conn, _SYSTEM_IDENTIFIER, how='value')
-        src.fetch('version_text', conn, 'SHOW server_version', how='value')
+        return None
+    version = conn.info.server_version
+    src.facts['version'] = version
+    src.fetch('role', conn, _SOURCE_ROLE, how='one')
+    src.fetch('fence_rights', conn, FENCE_RIGHTS, how='one')
+    src.fetch('databases', conn, _databases_query(version))
+    src.fetch('settings', conn, _SETTINGS, (list(SOURCE_SETTINGS),))
+    src.facts['settings'] = _settings_map(src.get('settings'))
+    wal_status = sql.Identifier('wal_status') if version >= 130000 else sql.NULL
+    src.fetch('slots', conn, sql.SQL(_SLOTS).format(wal_status=wal_status))
+    src.fetch('walsenders', conn, "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'walsender'",
+              how='value')
+    src.fetch('long_transactions', conn, _LONG_TRANSACTIONS, (LONG_TRANSACTION_SECONDS,))
+    src.fetch('hidden_xid_sessions', conn, _HIDDEN_XID_SESSIONS, how='value')
+    src.fetch('prepared', conn, _PREPARED)
+    src.fetch('identity', conn, _SERVER_IDENTITY, how='one')
+    src.fetch('system_identifier', conn, _SYSTEM_IDENTIFIER, how='value')
+    src.fetch('version_text', conn, 'SHOW server_version', how='value')
+    return conn
 
 
 def _select_databases(ctx):
     """The selected source databases, and what is wrong with the `databases` option."""
     rows = ctx.src.get('databases') or []
-    info = {r[0]: r for r in rows}
+    info = {r.datname: r for r in rows}
     if ctx.databases_option is None:
-        ctx.db_names = [r[0] for r in rows if not r[1] and r[2] and r[0] != STATE_DATABASE]
+        ctx.db_names = [r.datname for r in rows if not r.datistemplate and r.datallowconn and r.datname != STATE_DATABASE]
         return
     seen = []
     for name in ctx.databases_option:
@@ -348,9 +356,9 @@ def _select_databases(ctx):
             ctx.db_problems.append((name, 'is the name of the pgdts state database and cannot be migrated'))
         elif row is None:
             ctx.db_problems.append((name, 'does not exist on the source'))
-        elif row[1]:
+        elif row.datistemplate:
             ctx.db_problems.append((name, 'is a template database'))
-        elif not row[2]:
+        elif not row.datallowconn:
             ctx.db_problems.append((name, 'does not allow connections (datallowconn is false)'))
         else:
             ctx.db_names.append(name)
@@ -374,7 +382,7 @@ SELECT c.oid FROM pg_catalog.pg_class c
 # Selected tables whose rows row-level security would hide from this login (copy and compare run with
 # row_security = off, so such a table fails the copy instead of arriving filtered).
 _RLS_FILTERED = """
-SELECT c.oid, c.relforcerowsecurity FROM pg_catalog.pg_class c
+SELECT c.oid, c.relforcerowsecurity AS forced FROM pg_catalog.pg_class c
  WHERE c.oid = ANY(%s) AND c.relrowsecurity
    AND NOT (SELECT r.rolsuper OR r.rolbypassrls FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
    AND (c.relforcerowsecurity OR NOT pg_catalog.pg_has_role(c.relowner, 'USAGE'))
@@ -384,9 +392,9 @@ SELECT c.oid, c.relforcerowsecurity FROM pg_catalog.pg_class c
 # What the write fence of pg_dts_finish needs: ALTER DATABASE ... SET (owner or superuser) and pg_terminate_backend
 # of other roles' sessions (superuser or pg_signal_backend). One row: superuser, pg_signal_backend, databases not owned.
 FENCE_RIGHTS = """
-SELECT r.rolsuper, pg_catalog.pg_has_role('pg_signal_backend', 'USAGE'),
+SELECT r.rolsuper, pg_catalog.pg_has_role('pg_signal_backend', 'USAGE') AS signal_backend,
        COALESCE((SELECT pg_catalog.array_agg(d.datname::text ORDER BY d.datname) FROM pg_catalog.pg_database d
-                  WHERE NOT pg_catalog.pg_has_role(d.datdba, 'USAGE')), '{}')
+                  WHERE NOT pg_catalog.pg_has_role(d.datdba, 'USAGE')), '{}') AS not_owned
   FROM pg_catalog.pg_roles r WHERE r.rolname = current_user
 """
 
@@ -428,17 +436,17 @@ SELECT c.oid FROM pg_catalog.pg_class c
 """
 
 _TRIGGERS = """
-SELECT t.tgrelid, t.tgname, t.tgenabled::text FROM pg_catalog.pg_trigger t
+SELECT t.tgrelid AS relid, t.tgname AS name, t.tgenabled::text AS enabled FROM pg_catalog.pg_trigger t
  WHERE t.tgrelid = ANY(%s) AND NOT t.tgisinternal ORDER BY 1, 2
 """
 
 _RULES = """
-SELECT r.ev_class, r.rulename, r.ev_enabled::text, r.ev_type::text, r.is_instead FROM pg_catalog.pg_rewrite r
+SELECT r.ev_class AS relid, r.rulename AS name, r.ev_enabled::text AS enabled, r.ev_type::text, r.is_instead FROM pg_catalog.pg_rewrite r
  WHERE r.ev_class = ANY(%s) AND r.rulename <> '_RETURN' ORDER BY 1, 2
 """
 
 _FOREIGN_KEYS = """
-SELECT c.conrelid, c.conname, c.confrelid, fn.nspname, fc.relname, c.conparentid <> 0
+SELECT c.conrelid, c.conname, c.confrelid, fn.nspname AS ref_schema, fc.relname AS ref_name, c.conparentid <> 0 AS inherited
   FROM pg_catalog.pg_constraint c
   JOIN pg_catalog.pg_class fc ON fc.oid = c.confrelid
   JOIN pg_catalog.pg_namespace fn ON fn.oid = fc.relnamespace
@@ -460,7 +468,7 @@ SELECT e.extname, e.extversion FROM pg_catalog.pg_extension e WHERE e.extname <>
 """
 
 _COLUMN_COLLATIONS = """
-SELECT DISTINCT n.nspname, co.collname, co.collprovider::text
+SELECT DISTINCT n.nspname, co.collname, co.collprovider::text AS provider
   FROM pg_catalog.pg_attribute a
   JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation
   JOIN pg_catalog.pg_namespace n ON n.oid = co.collnamespace
@@ -478,7 +486,7 @@ SELECT COALESCE(sum(pg_catalog.pg_total_relation_size(r.oid)), 0)::bigint
 
 
 def _gather_source_db(ctx, dbname):
-    holder = _Holder(dbname)
+    holder = Holder(dbname)
     ctx.src_dbs[dbname] = holder
     conn = _connect(holder, ctx.source_spec, dbname=dbname)
     if conn is None:
@@ -521,7 +529,7 @@ def _gather_source_db(ctx, dbname):
 def _gather_replication(ctx):
     """A replication=database connection to every selected database (pg_hba, REPLICATION, max_wal_senders)."""
     for dbname in ctx.reachable_dbs() or [ctx.source_spec.dbname]:
-        probe = _Holder(dbname)
+        probe = Holder(dbname)
         conn = _connect(probe, ctx.source_spec, dbname=dbname, replication='database')
         if conn is None:
             ctx.repl[dbname] = probe.failure.message
@@ -550,7 +558,7 @@ def _check_plugin_load(ctx):
                         'slot (see source.replication_slots)' % ctx.plugin,
                 'Free a replication slot or raise max_replication_slots, then verify again.')
     dbname = (ctx.reachable_dbs() or [ctx.source_spec.dbname])[0]
-    probe = _Holder(dbname)
+    probe = Holder(dbname)
     conn = _connect(probe, ctx.source_spec, dbname=dbname)
     if conn is None:
         return (FAILED, 'skipped because pgdts could not connect to database "%s" of the source: %s'
@@ -586,38 +594,39 @@ _DEST_SETTINGS = ('max_replication_slots', 'max_active_replication_origins', 'da
 
 
 def _gather_destination(ctx):
+    """Server-wide facts of the destination; returns the (autocommit, idle) connection for _gather_roles, or None."""
     dst = ctx.dst
     conn = _connect(dst, ctx.dest_spec)
     if conn is None:
-        return
-    with conn:
-        version = conn.info.server_version
-        dst.facts['version'] = version
-        dst.fetch('role', conn, _DEST_ROLE, how='one')
-        dst.fetch('databases', conn, _databases_query(version))
-        dst.fetch('settings', conn, _SETTINGS, (list(_DEST_SETTINGS),))
-        dst.facts['settings'] = _settings_map(dst.get('settings'))
-        dst.fetch('identity', conn, _SERVER_IDENTITY, how='one')
-        dst.fetch('system_identifier', conn, _SYSTEM_IDENTIFIER, how='value')
-        dst.fetch('version_text', conn, 'SHOW server_version', how='value')
-        trusted = sql.Identifier('trusted') if version >= 130000 else sql.Literal(False)
-        dst.fetch('available_extensions', conn, sql.SQL(
-            'SELECT name, version, superuser, {} FROM pg_catalog.pg_available_extension_versions').format(trusted))
-        dst.fetch('catalog_collations', conn, "SELECT collname, collcollate, collprovider::text FROM pg_catalog.pg_collation "
-                                              "WHERE collnamespace = 'pg_catalog'::regnamespace")
-        privileges = [sql.SQL('pg_catalog.has_function_privilege({}, {})').format(sql.Literal(f), sql.Literal('EXECUTE'))
-                      for f in APPLY_FUNCTIONS]
-        dst.fetch('function_privileges', conn, sql.SQL('SELECT {}').format(sql.SQL(', ').join(privileges)), how='one')
-        if version >= 150000:
-            dst.fetch('srr_privilege', conn, "SELECT pg_catalog.has_parameter_privilege('session_replication_role', 'SET')",
-                      how='value')
-        dst.fetch('origins', conn, r"SELECT roname FROM pg_catalog.pg_replication_origin WHERE roname LIKE 'pgdts\_%' "
-                                   "ORDER BY 1")
-        dst.fetch('origin_states', conn, 'SELECT count(*) FROM pg_catalog.pg_replication_origin_status', how='value')
+        return None
+    version = conn.info.server_version
+    dst.facts['version'] = version
+    dst.fetch('role', conn, _DEST_ROLE, how='one')
+    dst.fetch('databases', conn, _databases_query(version))
+    dst.fetch('settings', conn, _SETTINGS, (list(_DEST_SETTINGS),))
+    dst.facts['settings'] = _settings_map(dst.get('settings'))
+    dst.fetch('identity', conn, _SERVER_IDENTITY, how='one')
+    dst.fetch('system_identifier', conn, _SYSTEM_IDENTIFIER, how='value')
+    dst.fetch('version_text', conn, 'SHOW server_version', how='value')
+    trusted = sql.Identifier('trusted') if version >= 130000 else sql.Literal(False)
+    dst.fetch('available_extensions', conn, sql.SQL(
+        'SELECT name, version, superuser, {} AS trusted FROM pg_catalog.pg_available_extension_versions').format(trusted))
+    dst.fetch('catalog_collations', conn, "SELECT collname, collcollate, collprovider::text AS provider FROM pg_catalog.pg_collation "
+                                          "WHERE collnamespace = 'pg_catalog'::regnamespace")
+    privileges = [sql.SQL('pg_catalog.has_function_privilege({}, {}) AS {}').format(
+        sql.Literal(f), sql.Literal('EXECUTE'), sql.Identifier('f%d' % i)) for i, f in enumerate(APPLY_FUNCTIONS)]
+    dst.fetch('function_privileges', conn, sql.SQL('SELECT {}').format(sql.SQL(', ').join(privileges)), how='one')
+    if version >= 150000:
+        dst.fetch('srr_privilege', conn, "SELECT pg_catalog.has_parameter_privilege('session_replication_role', 'SET')",
+                  how='value')
+    dst.fetch('origins', conn, r"SELECT roname FROM pg_catalog.pg_replication_origin WHERE roname LIKE 'pgdts\_%' "
+                               "ORDER BY 1")
+    dst.fetch('origin_states', conn, 'SELECT count(*) FROM pg_catalog.pg_replication_origin_status', how='value')
+    return conn
 
 
 _DEST_RELATIONS = """
-SELECT c.oid, n.nspname, c.relname, c.relkind::text, pg_catalog.has_table_privilege(c.oid, 'SELECT')
+SELECT c.oid, n.nspname, c.relname, c.relkind::text AS relkind, pg_catalog.has_table_privilege(c.oid, 'SELECT') AS readable
   FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
   JOIN unnest(%s::text[], %s::text[]) AS s(nsp, rel) ON s.nsp = n.nspname AND s.rel = c.relname
@@ -626,8 +635,8 @@ SELECT c.oid, n.nspname, c.relname, c.relkind::text, pg_catalog.has_table_privil
 """
 
 _DEST_SCHEMAS = """
-SELECT n.nspname, (SELECT count(*) FROM pg_catalog.pg_class c WHERE c.relnamespace = n.oid),
-       pg_catalog.has_schema_privilege(n.oid, 'CREATE')
+SELECT n.nspname, (SELECT count(*) FROM pg_catalog.pg_class c WHERE c.relnamespace = n.oid) AS relations,
+       pg_catalog.has_schema_privilege(n.oid, 'CREATE') AS can_create
   FROM pg_catalog.pg_namespace n WHERE n.nspname = ANY(%s) ORDER BY 1
 """
 
@@ -648,12 +657,12 @@ def _source_schemas(ctx, dbname):
     schemas = {t.schema for t in holder.get('selected', [])}
     if ctx.whole_databases:
         schemas.update(t.schema for t in holder.get('tables', []))
-        schemas.update(s for s, _n in holder.get('matviews') or [])
+        schemas.update(r.nspname for r in holder.get('matviews') or [])
     return sorted(schemas)
 
 
 def _gather_destination_db(ctx, dbname):
-    holder = _Holder(dbname)
+    holder = Holder(dbname)
     ctx.dst_dbs[dbname] = holder
     conn = _connect(holder, ctx.dest_spec, dbname=dbname)
     if conn is None:
@@ -663,36 +672,57 @@ def _gather_destination_db(ctx, dbname):
         rows = holder.fetch('relations', conn, _DEST_RELATIONS, ([t.schema for t in selected], [t.name for t in selected]))
         holder.fetch('schemas', conn, _DEST_SCHEMAS, (_source_schemas(ctx, dbname),))
         holder.fetch('extensions', conn, 'SELECT extname, extversion FROM pg_catalog.pg_extension')
-        names = sorted({r[1] for r in (ctx.src_dbs[dbname].get('collations') or [])}) if dbname in ctx.src_dbs else []
+        names = sorted({r.collname for r in (ctx.src_dbs[dbname].get('collations') or [])}) if dbname in ctx.src_dbs else []
         holder.fetch('collations', conn, _DEST_COLLATIONS, (names,))
         has_rows = {}
-        readable = [r for r in rows or [] if r[3] in ('r', 'p') and r[4]]
+        readable = [r for r in rows or [] if r.relkind in ('r', 'p') and r.readable]
         for start in range(0, len(readable), _EXISTS_BATCH):
             chunk = readable[start:start + _EXISTS_BATCH]
             parts = [sql.SQL('SELECT {}::oid, EXISTS (SELECT 1 FROM {} LIMIT 1)').format(
-                sql.Literal(r[0]), sql.Identifier(r[1], r[2])) for r in chunk]
+                sql.Literal(r.oid), sql.Identifier(r.nspname, r.relname)) for r in chunk]
             result = holder.fetch('rows_%d' % start, conn, sql.SQL(' UNION ALL ').join(parts))
             for oid, present in result or []:
                 has_rows[oid] = present
         holder.facts['has_rows'] = has_rows
 
 
+def _gather_roles(ctx, src_conn, dst_conn):
+    """migrate_roles: what the task would do with the roles; an error is kept and raised by the item."""
+    from ansible_collections.pgdts.migration.plugins.module_utils import roles
+    try:
+        ctx.roles_preview = roles.preview(src_conn, dst_conn)
+    except Exception as exc:  # pylint: disable=broad-except  # destination.roles reports it as it always did
+        ctx.roles_preview = exc
+
+
+def _close(conn):
+    if conn is not None:
+        conn.close()
+
+
 def _gather(ctx):
-    _gather_source(ctx)
-    if ctx.src.ok:
-        _select_databases(ctx)
-        for dbname in ctx.db_names:
-            _gather_source_db(ctx, dbname)
-        _gather_replication(ctx)
-        ctx.plugin_result = _check_plugin_load(ctx)
-    elif ctx.databases_option:
-        ctx.db_names = [d for d in dict.fromkeys(ctx.databases_option) if d != STATE_DATABASE]
-    _gather_destination(ctx)
-    if ctx.dst.ok:
-        existing = {r[0] for r in ctx.dst.get('databases') or []}
-        for dbname in ctx.db_names:
-            if dbname in existing:
-                _gather_destination_db(ctx, dbname)
+    src_conn = _gather_source(ctx)
+    dst_conn = None
+    try:
+        if ctx.src.ok:
+            _select_databases(ctx)
+            for dbname in ctx.db_names:
+                _gather_source_db(ctx, dbname)
+            _gather_replication(ctx)
+            ctx.plugin_result = _check_plugin_load(ctx)
+        elif ctx.databases_option:
+            ctx.db_names = [d for d in dict.fromkeys(ctx.databases_option) if d != STATE_DATABASE]
+        dst_conn = _gather_destination(ctx)
+        if ctx.dst.ok:
+            existing = {r.datname for r in ctx.dst.get('databases') or []}
+            for dbname in ctx.db_names:
+                if dbname in existing:
+                    _gather_destination_db(ctx, dbname)
+        if ctx.migrate_roles and src_conn is not None and dst_conn is not None:
+            _gather_roles(ctx, src_conn, dst_conn)
+    finally:
+        _close(dst_conn)
+        _close(src_conn)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -870,10 +900,10 @@ def check_distinct(ctx, cid):
                 or _item(cid, FAILED, 'could not read the server identities'))
     sys_a, sys_b = ctx.src.get('system_identifier'), ctx.dst.get('system_identifier')
     same_system = sys_a is None or sys_b is None or sys_a == sys_b
-    if a[1] == b[1] and same_system:
+    if a.started == b.started and same_system:
         return _item(cid, FAILED, 'source and destination are the same server (system identifier %s, started %s)'
-                     % (sys_a or sys_b or 'unknown', a[1]), 'Point destination at a different PostgreSQL server.',
-                     [{'type': 'server', 'system_identifier': sys_a or sys_b, 'started': a[1]}])
+                     % (sys_a or sys_b or 'unknown', a.started), 'Point destination at a different PostgreSQL server.',
+                     [{'type': 'server', 'system_identifier': sys_a or sys_b, 'started': a.started}])
     note = ' (the destination was cloned from the source: same system identifier)' if sys_a and sys_a == sys_b else ''
     return _item(cid, PASS, 'source and destination are different servers%s' % note)
 
@@ -958,7 +988,7 @@ def check_source_recovery(ctx, cid):
     identity = ctx.src.get('identity')
     if not identity:
         return _fact_error(cid, ctx.src, 'identity') or _item(cid, FAILED, 'could not read the recovery state')
-    if identity[0]:
+    if identity.in_recovery:
         return _item(cid, FAILED, 'the source is a standby in recovery: pgdts needs the primary, where it creates its '
                                   'publication and slots and where the writes happen',
                      'Point source at the primary server (SELECT pg_is_in_recovery() returns false there).')
@@ -972,7 +1002,7 @@ def check_destination_recovery(ctx, cid):
     identity = ctx.dst.get('identity')
     if not identity:
         return _fact_error(cid, ctx.dst, 'identity') or _item(cid, FAILED, 'could not read the recovery state')
-    if identity[0]:
+    if identity.in_recovery:
         return _item(cid, FAILED, 'the destination is a standby in recovery and accepts no writes',
                      'Point destination at a primary (or promote it: SELECT pg_promote()).')
     return _item(cid, PASS, 'the destination accepts writes (not in recovery)')
@@ -999,7 +1029,7 @@ def check_wal_level(ctx, cid):
 def _own_slots(ctx):
     if not ctx.object_re:
         return []
-    return [r for r in ctx.src.get('slots') or [] if ctx.object_re.match(r[0])]
+    return [r for r in ctx.src.get('slots') or [] if ctx.object_re.match(r.slot_name)]
 
 
 def _free_slots(ctx):
@@ -1024,9 +1054,9 @@ def check_replication_slots(ctx, cid):
     free = maximum - len(slots)
     obj = [{'type': 'setting', 'name': 'max_replication_slots', 'value': maximum, 'in_use': len(slots),
             'needed': needed}]
-    idle = [r[0] for r in slots if not r[4] and not (ctx.object_re and ctx.object_re.match(r[0]))]
-    obj += [{'type': 'replication_slot', 'name': r[0], 'plugin': r[1], 'slot_type': r[2], 'database': r[3],
-             'active': r[4]} for r in slots]
+    idle = [r.slot_name for r in slots if not r.active and not (ctx.object_re and ctx.object_re.match(r.slot_name))]
+    obj += [{'type': 'replication_slot', 'name': r.slot_name, 'plugin': r.plugin, 'slot_type': r.slot_type,
+             'database': r.database, 'active': r.active} for r in slots]
     counts = 'max_replication_slots = %d, %d in use, %d free; this task needs %d (one per database%s)' % (
         maximum, len(slots), free, needed, ', its existing slots are reused' if reused else '')
     hint = ('Raise max_replication_slots (ALTER SYSTEM SET max_replication_slots = %d; restart the source)%s.'
@@ -1153,7 +1183,7 @@ def check_replication_privilege(ctx, cid):
     role = ctx.src.get('role')
     if not role:
         return _fact_error(cid, ctx.src, 'role') or _item(cid, FAILED, 'the source role is not in pg_roles')
-    name, superuser, replication = role[0], role[1], role[2]
+    name, superuser, replication = role.rolname, role.rolsuper, role.rolreplication
     obj = [{'type': 'role', 'name': name, 'superuser': superuser, 'replication': replication}]
     if superuser or replication:
         return _item(cid, PASS, 'role "%s" %s' % (name, 'is a superuser' if superuser else 'has the REPLICATION attribute'),
@@ -1170,14 +1200,15 @@ def check_select_privilege(ctx, cid):
     def evaluate(db, holder):
         out = []
         by_oid = holder.get('by_oid')
-        for (oid,) in holder.get('no_select') or []:
-            t = by_oid[oid]
+        for r in holder.get('no_select') or []:
+            t = by_oid[r.oid]
             out.append(_table_obj(db, t.schema, t.name, privilege='SELECT'))
-        for (schema,) in holder.get('no_usage') or []:
-            out.append({'type': 'schema', 'database': db, 'name': schema, 'privilege': 'USAGE'})
-        for schema, name, ok, _oid in holder.get('sequences') or []:
-            if not ok:
-                out.append({'type': 'sequence', 'database': db, 'schema': schema, 'name': name, 'privilege': 'SELECT'})
+        for r in holder.get('no_usage') or []:
+            out.append({'type': 'schema', 'database': db, 'name': r.nspname, 'privilege': 'USAGE'})
+        for r in holder.get('sequences') or []:
+            if not r.has_sequence_privilege:
+                out.append({'type': 'sequence', 'database': db, 'schema': r.nspname, 'name': r.relname,
+                            'privilege': 'SELECT'})
         return out
 
     found, error = _per_db_items(ctx, cid, ['no_select', 'no_usage', 'sequences'], evaluate)
@@ -1204,8 +1235,8 @@ def check_row_security(ctx, cid):
 
     def evaluate(db, holder):
         by_oid = holder.get('by_oid')
-        return [_table_obj(db, by_oid[oid].schema, by_oid[oid].name, forced=bool(forced))
-                for oid, forced in holder.get('rls_filtered') or []]
+        return [_table_obj(db, by_oid[r.oid].schema, by_oid[r.oid].name, forced=bool(r.forced))
+                for r in holder.get('rls_filtered') or []]
 
     found, error = _per_db_items(ctx, cid, ['rls_filtered'], evaluate)
     if error:
@@ -1236,11 +1267,11 @@ def check_fence_privilege(ctx, cid):
         return _fact_error(cid, ctx.src, 'fence_rights') or _item(cid, FAILED, 'could not read the source role')
     user = ctx.source_spec.user or 'current_user'
     problem = fence_problems(rights, ctx.db_names, user)
-    obj = [{'type': 'role', 'name': user, 'superuser': bool(rights[0]), 'pg_signal_backend': bool(rights[1])}]
+    obj = [{'type': 'role', 'name': user, 'superuser': bool(rights.rolsuper), 'pg_signal_backend': bool(rights.signal_backend)}]
     if problem:
         return _item(cid, FAILED, problem[0], problem[1], obj)
     return _item(cid, PASS, 'role "%s" can fence the selected databases at the cutover (%s)' % (
-        user, 'superuser' if rights[0] else 'owner of the databases and member of pg_signal_backend'), '', obj)
+        user, 'superuser' if rights.rolsuper else 'owner of the databases and member of pg_signal_backend'), '', obj)
 
 
 @item('source.publication_privilege')
@@ -1253,8 +1284,8 @@ def check_publication_privilege(ctx, cid):
         if holder.get('can_create') is False:
             out.append({'type': 'database', 'name': db, 'privilege': 'CREATE'})
         by_oid = holder.get('by_oid')
-        for (oid,) in holder.get('not_owned') or []:
-            t = by_oid[oid]
+        for r in holder.get('not_owned') or []:
+            t = by_oid[r.oid]
             out.append(_table_obj(db, t.schema, t.name, privilege='OWNER'))
         return out
 
@@ -1296,14 +1327,15 @@ def check_long_transactions(ctx, cid):
     if not rows:
         return _item(cid, PASS, 'no transaction has held a transaction id for more than %d s%s'
                      % (LONG_TRANSACTION_SECONDS, note))
-    objects = [{'type': 'session', 'pid': r[0], 'user': r[1], 'database': r[2], 'application_name': r[3],
-                'state': r[4], 'backend_type': r[5], 'transaction_seconds': r[6]} for r in rows]
-    shown = _names('pid %d (%s, %s, %s, open %d s)' % (r[0], r[1], r[2], r[4], r[6]) for r in rows)
+    objects = [{'type': 'session', 'pid': r.pid, 'user': r.usename, 'database': r.datname,
+                'application_name': r.application_name, 'state': r.state, 'backend_type': r.backend_type,
+                'transaction_seconds': r.seconds} for r in rows]
+    shown = _names('pid %d (%s, %s, %s, open %d s)' % (r.pid, r.usename, r.datname, r.state, r.seconds) for r in rows)
     return _item(cid, WARNING, '%s %s open with a transaction id: creating the task\'s slot waits until they end%s: %s'
                  % (_plural(len(rows), 'transaction'), 'is' if len(rows) == 1 else 'are', note, shown),
                  'Let them finish, or end them: SELECT pg_terminate_backend(pid) for %s. Sessions "idle in '
                  'transaction" usually come from an application that forgot to commit.'
-                 % _names(str(r[0]) for r in rows), objects)
+                 % _names(str(r.pid) for r in rows), objects)
 
 
 @item('source.prepared_transactions')
@@ -1316,13 +1348,13 @@ def check_prepared_transactions(ctx, cid):
     rows = ctx.src.get('prepared') or []
     if not rows:
         return _item(cid, PASS, 'no prepared (two-phase) transactions on the source')
-    objects = [{'type': 'prepared_transaction', 'gid': r[0], 'owner': r[1], 'database': r[2], 'seconds': r[3]}
-               for r in rows]
+    objects = [{'type': 'prepared_transaction', 'gid': r.gid, 'owner': r.owner, 'database': r.database,
+                'seconds': r.seconds} for r in rows]
     return _item(cid, WARNING, '%s %s: creating the task\'s slot waits until each is committed or rolled back: %s'
                  % (_plural(len(rows), 'prepared transaction'), 'is pending' if len(rows) == 1 else 'are pending',
-                    _names('%s (database %s, prepared %d s ago)' % (_literal(r[0]), r[2], r[3]) for r in rows)),
+                    _names('%s (database %s, prepared %d s ago)' % (_literal(r.gid), r.database, r.seconds) for r in rows)),
                  'Resolve them with their transaction manager, or in the named database: COMMIT PREPARED %s; or '
-                 'ROLLBACK PREPARED %s;' % (_literal(rows[0][0]), _literal(rows[0][0])), objects)
+                 'ROLLBACK PREPARED %s;' % (_literal(rows[0].gid), _literal(rows[0].gid)), objects)
 
 
 @item('plugin.load')
@@ -1379,16 +1411,17 @@ def check_task_objects(ctx, cid):
         return error
     objects = []
     for r in _own_slots(ctx):
-        objects.append({'type': 'replication_slot', 'name': r[0], 'plugin': r[1], 'slot_type': r[2], 'database': r[3],
-                        'active': r[4], 'active_pid': r[5], 'wal_status': r[7]})
+        objects.append({'type': 'replication_slot', 'name': r.slot_name, 'plugin': r.plugin, 'slot_type': r.slot_type,
+                        'database': r.database, 'active': r.active, 'active_pid': r.active_pid,
+                        'wal_status': r.wal_status})
     for db in ctx.reachable_dbs():
         holder = ctx.src_dbs[db]
-        for (name,) in holder.get('publications') or []:
-            if ctx.object_re.match(name):
-                objects.append({'type': 'publication', 'name': name, 'database': db})
-    for (name,) in ctx.dst.get('origins') or []:
-        if ctx.object_re.match(name):
-            objects.append({'type': 'replication_origin', 'name': name})
+        for r in holder.get('publications') or []:
+            if ctx.object_re.match(r.pubname):
+                objects.append({'type': 'publication', 'name': r.pubname, 'database': db})
+    for r in ctx.dst.get('origins') or []:
+        if ctx.object_re.match(r.roname):
+            objects.append({'type': 'replication_origin', 'name': r.roname})
     unknown = ''
     if ctx.unreachable_dbs():
         unknown = ' (publications in %s not checked: no connection)' % _names('"%s"' % d for d in ctx.unreachable_dbs())
@@ -1503,9 +1536,9 @@ def check_replica_identity(ctx, cid):
 
     def evaluate(db, holder):
         by_oid = holder.get('by_oid')
-        not_owned = {r[0] for r in holder.get('not_owned') or []}
+        not_owned = {r.oid for r in holder.get('not_owned') or []}
         # unlogged tables are never published (see tables.unlogged)
-        rows = [by_oid[oid] for (oid,) in holder.get('no_replica_identity') or [] if by_oid[oid].relpersistence != 'u']
+        rows = [by_oid[r.oid] for r in holder.get('no_replica_identity') or [] if by_oid[r.oid].relpersistence != 'u']
         parents = {t.qualified for t in holder.get('selected', []) if t.relkind == 'p'}
         return [_table_obj(db, t.schema, t.name, replica_identity={'d': 'default', 'n': 'nothing', 'i': 'index'}.get(
             t.replica_identity, t.replica_identity), owned=t.oid not in not_owned,
@@ -1580,9 +1613,9 @@ def _trigger_like_item(ctx, cid, key, kind):
         by_oid = holder.get('by_oid')
         out = []
         for row in holder.get(key) or []:
-            t = by_oid[row[0]]
-            out.append({'type': kind, 'database': db, 'schema': t.schema, 'table': t.name, 'name': row[1],
-                        'enabled': _ENABLED.get(row[2], row[2])})
+            t = by_oid[row.relid]
+            out.append({'type': kind, 'database': db, 'schema': t.schema, 'table': t.name, 'name': row.name,
+                        'enabled': _ENABLED.get(row.enabled, row.enabled)})
         return out
 
     found, error = _per_db_items(ctx, cid, [key], evaluate)
@@ -1660,16 +1693,17 @@ def check_materialized_views(ctx, cid):
     def evaluate(db, holder):
         rows = holder.get('matviews') or []
         if whole:
-            return [{'type': 'materialized_view', 'database': db, 'schema': s, 'name': n, 'carried': True}
-                    for s, n in rows]
+            return [{'type': 'materialized_view', 'database': db, 'schema': r.nspname, 'name': r.relname,
+                     'carried': True} for r in rows]
         # a table selection carries the matviews of the schemas of its tables (the schema dump holds them)
         schemas = {t.schema for t in holder.get('selected', [])}
         patterns = [catalog.split_pattern(p) for p in ctx.include]
-        named = [(s, n) for s, n in rows
-                 if any((p[0] is None or fnmatch.fnmatchcase(db, p[0])) and fnmatch.fnmatchcase(s, p[1])
-                        and fnmatch.fnmatchcase(n, p[2]) for p in patterns)]
-        return [{'type': 'materialized_view', 'database': db, 'schema': s, 'name': n, 'carried': s in schemas}
-                for s, n in rows if s in schemas or (s, n) in named]
+        named = [(r.nspname, r.relname) for r in rows
+                 if any((p[0] is None or fnmatch.fnmatchcase(db, p[0])) and fnmatch.fnmatchcase(r.nspname, p[1])
+                        and fnmatch.fnmatchcase(r.relname, p[2]) for p in patterns)]
+        return [{'type': 'materialized_view', 'database': db, 'schema': r.nspname, 'name': r.relname,
+                 'carried': r.nspname in schemas}
+                for r in rows if r.nspname in schemas or (r.nspname, r.relname) in named]
 
     found, error = _per_db_items(ctx, cid, ['matviews'], evaluate)
     if error:
@@ -1748,18 +1782,18 @@ def check_foreign_keys(ctx, cid):
         selected = {t.oid for t in holder.get('selected', [])}
         selected_names = {t.qualified for t in holder.get('selected', [])}
         out, seen = [], set()
-        for conrelid, conname, confrelid, ref_schema, ref_name, inherited in holder.get('foreign_keys') or []:
-            if confrelid in selected:
+        for fk in holder.get('foreign_keys') or []:
+            if fk.confrelid in selected:
                 continue
-            table = by_oid[conrelid]
-            if inherited and table.parent in selected_names:
+            table = by_oid[fk.conrelid]
+            if fk.inherited and table.parent in selected_names:
                 continue                # reported on the partitioned parent
-            key = (conrelid, conname)
+            key = (fk.conrelid, fk.conname)
             if key in seen:
                 continue
             seen.add(key)
             out.append({'type': 'foreign_key', 'database': db, 'schema': table.schema, 'table': table.name,
-                        'name': conname, 'references': '%s.%s' % (ref_schema, ref_name)})
+                        'name': fk.conname, 'references': '%s.%s' % (fk.ref_schema, fk.ref_name)})
         return out
 
     found, error = _per_db_items(ctx, cid, ['foreign_keys'], evaluate)
@@ -1780,8 +1814,8 @@ def check_foreign_keys(ctx, cid):
 
 def _available(ctx):
     table = {}
-    for name, version, superuser, trusted in ctx.dst.get('available_extensions') or []:
-        table.setdefault(name, {})[version] = (superuser, trusted)
+    for r in ctx.dst.get('available_extensions') or []:
+        table.setdefault(r.name, {})[r.version] = (r.superuser, r.trusted)
     return table
 
 
@@ -1793,15 +1827,15 @@ def check_extensions(ctx, cid):
     if error:
         return error
     available = _available(ctx)
-    role = ctx.dst.get('role') or (None, False, False, False)
-    dest_super = bool(role[1])
+    role = ctx.dst.get('role')
+    dest_super = bool(role and role.rolsuper)
 
     def evaluate(db, holder):
         out = []
         installed = {}
         if db in ctx.dst_dbs and ctx.dst_dbs[db].ok:
-            installed = dict(ctx.dst_dbs[db].get('extensions') or [])
-        for name, version in holder.get('extensions') or []:
+            installed = {r.extname: r.extversion for r in ctx.dst_dbs[db].get('extensions') or []}
+        for name, version in ((r.extname, r.extversion) for r in holder.get('extensions') or []):
             obj = {'type': 'extension', 'database': db, 'name': name, 'version': version}
             if name in installed:
                 if installed[name] != version:
@@ -1825,7 +1859,7 @@ def check_extensions(ctx, cid):
     if error:
         return error
     if not found:
-        names = sorted({e[0] for db in ctx.reachable_dbs() for e in ctx.src_dbs[db].get('extensions') or []})
+        names = sorted({e.extname for db in ctx.reachable_dbs() for e in ctx.src_dbs[db].get('extensions') or []})
         if not names:
             return _with_unreachable(ctx, _item(cid, PASS, 'the selected databases use no extension (besides plpgsql)'))
         return _with_unreachable(ctx, _item(cid, PASS, 'the destination can provide every extension used on the source: '
@@ -1839,14 +1873,14 @@ def check_extensions(ctx, cid):
 
 def _dest_db_row(ctx, db):
     for row in ctx.dst.get('databases') or []:
-        if row[0] == db:
+        if row.datname == db:
             return row
     return None
 
 
 def _src_db_row(ctx, db):
     for row in ctx.src.get('databases') or []:
-        if row[0] == db:
+        if row.datname == db:
             return row
     return None
 
@@ -1875,9 +1909,10 @@ def check_encoding(ctx, cid):
         src_row, dst_row = _src_db_row(ctx, db), _dest_db_row(ctx, db)
         if not src_row or not dst_row:
             continue                    # a database the migration creates gets the source's encoding
-        status, reason = encoding_status(src_row[3], dst_row[3])
+        status, reason = encoding_status(src_row.encoding, dst_row.encoding)
         if status != PASS:
-            found.append({'type': 'database', 'name': db, 'source_encoding': src_row[3], 'destination_encoding': dst_row[3],
+            found.append({'type': 'database', 'name': db, 'source_encoding': src_row.encoding,
+                          'destination_encoding': dst_row.encoding,
                           'status': status, 'problem': reason})
     if not found:
         return _item(cid, PASS, 'encodings match (databases the migration creates get the source\'s encoding)')
@@ -1901,25 +1936,26 @@ def check_collation(ctx, cid):
     if not ctx.dst.ok:
         return _skip_destination(cid)
     catalog_colls = ctx.dst.get('catalog_collations') or []
-    libc_locales = {_norm_locale(r[1]) for r in catalog_colls if r[2] == 'c'} | {'c', 'posix'}
-    has_icu = any(r[2] == 'i' for r in catalog_colls)
+    libc_locales = {_norm_locale(r.collcollate) for r in catalog_colls if r.provider == 'c'} | {'c', 'posix'}
+    has_icu = any(r.provider == 'i' for r in catalog_colls)
     found = []
     for db in ctx.db_names:
         src_row, dst_row = _src_db_row(ctx, db), _dest_db_row(ctx, db)
         if not src_row:
             continue
         if dst_row:
-            diffs = [(label, a, b) for label, a, b in (('LC_COLLATE', src_row[4], dst_row[4]),
-                                                       ('LC_CTYPE', src_row[5], dst_row[5]),
-                                                       ('ICU locale', src_row[7], dst_row[7])) if (a or '') != (b or '')]
+            diffs = [(label, a, b) for label, a, b in (('LC_COLLATE', src_row.datcollate, dst_row.datcollate),
+                                                       ('LC_CTYPE', src_row.datctype, dst_row.datctype),
+                                                       ('ICU locale', src_row.icu_locale, dst_row.icu_locale))
+                     if (a or '') != (b or '')]
             if diffs:
                 found.append({'type': 'database', 'name': db, 'status': WARNING, 'problem': 'differs: %s' % ', '.join(
                     '%s %s on the source, %s on the destination' % d for d in diffs)})
         else:
-            if src_row[6] == 'i' and not has_icu:
+            if src_row.provider == 'i' and not has_icu:
                 found.append({'type': 'database', 'name': db, 'status': FAILED,
-                              'problem': 'uses ICU locale %s but the destination has no ICU support' % src_row[7]})
-            for label, value in (('LC_COLLATE', src_row[4]), ('LC_CTYPE', src_row[5])):
+                              'problem': 'uses ICU locale %s but the destination has no ICU support' % src_row.icu_locale})
+            for label, value in (('LC_COLLATE', src_row.datcollate), ('LC_CTYPE', src_row.datctype)):
                 if _norm_locale(value) not in libc_locales:
                     found.append({'type': 'database', 'name': db, 'status': WARNING,
                                   'problem': '%s %s is not among the destination\'s locales, so creating the database '
@@ -1930,12 +1966,13 @@ def check_collation(ctx, cid):
         wanted = holder.get('collations') or []
         migrated_schemas = set(_source_schemas(ctx, db)) if ctx.whole_databases else set()
         if db in ctx.dst_dbs and ctx.dst_dbs[db].ok:
-            present = {(r[0], r[1]) for r in ctx.dst_dbs[db].get('collations') or []}
+            present = {(r.nspname, r.collname) for r in ctx.dst_dbs[db].get('collations') or []}
         else:
-            present = {('pg_catalog', r[0]) for r in catalog_colls}
-        for schema, name, _provider in wanted:
-            if (schema, name) not in present and schema not in migrated_schemas:
-                out.append({'type': 'collation', 'database': db, 'schema': schema, 'name': name, 'status': FAILED,
+            present = {('pg_catalog', r.collname) for r in catalog_colls}
+        for r in wanted:
+            if (r.nspname, r.collname) not in present and r.nspname not in migrated_schemas:
+                out.append({'type': 'collation', 'database': db, 'schema': r.nspname, 'name': r.collname,
+                            'status': FAILED,
                             'problem': 'is used by selected columns and does not exist on the destination'})
         return out
 
@@ -1968,7 +2005,7 @@ def check_create_privilege(ctx, cid):
     role = ctx.dst.get('role')
     if not role:
         return _fact_error(cid, ctx.dst, 'role') or _item(cid, FAILED, 'the destination role is not in pg_roles')
-    name, superuser, _replication, createdb = role
+    name, superuser, createdb = role.rolname, role.rolsuper, role.rolcreatedb
     if superuser:
         return _item(cid, PASS, 'destination role "%s" is a superuser' % name)
     problems = []
@@ -1989,13 +2026,13 @@ def check_create_privilege(ctx, cid):
                              'problem': 'cannot connect to database "%s": %s'
                                         % (db, holder.failure.message if holder else 'unknown')})
             continue
-        existing = {r[0]: r for r in holder.get('schemas') or []}
+        existing = {r.nspname: r for r in holder.get('schemas') or []}
         wanted = _source_schemas(ctx, db) if db in ctx.src_dbs and ctx.src_dbs[db].ok else []
         for schema in wanted:
-            if schema in existing and not existing[schema][2]:
+            if schema in existing and not existing[schema].can_create:
                 problems.append({'type': 'schema', 'database': db, 'name': schema, 'privilege': 'CREATE',
                                  'problem': 'no CREATE privilege on schema %s in "%s"' % (_ident(schema), db)})
-            elif schema not in existing and not row[8]:
+            elif schema not in existing and not row.can_create:
                 problems.append({'type': 'database', 'name': db, 'privilege': 'CREATE',
                                  'problem': 'no CREATE privilege on database "%s" to create schema %s'
                                             % (db, _ident(schema))})
@@ -2014,9 +2051,9 @@ def check_apply_privilege(ctx, cid):
     role = ctx.dst.get('role')
     if not role:
         return _fact_error(cid, ctx.dst, 'role') or _item(cid, FAILED, 'the destination role is not in pg_roles')
-    if role[1]:
+    if role.rolsuper:
         return _item(cid, PASS, 'destination role "%s" is a superuser: replication origins and session_replication_role '
-                                'are available' % role[0])
+                                'are available' % role.rolname)
     error = _fact_error(cid, ctx.dst, 'function_privileges')
     if error:
         return error
@@ -2028,15 +2065,15 @@ def check_apply_privilege(ctx, cid):
         missing.append({'type': 'parameter', 'name': 'session_replication_role', 'privilege': 'SET'})
     if not missing:
         return _item(cid, PASS, 'destination role "%s" may use replication origins and set session_replication_role'
-                     % role[0])
-    user = _ident(role[0])
+                     % role.rolname)
+    user = _ident(role.rolname)
     grants = ['GRANT EXECUTE ON FUNCTION %s TO %s;' % (o['name'], user) for o in missing if o['type'] == 'function']
     if not srr:
         grants.append('GRANT SET ON PARAMETER session_replication_role TO %s;' % user if version >= 150000 else
                       '(before PostgreSQL 15 only a superuser may set session_replication_role)')
     return _item(cid, FAILED, 'destination role "%s" cannot do what the apply needs: %s'
-                 % (role[0], _names(('EXECUTE on %s' % o['name'].split('(')[0].replace('pg_catalog.', '')) if
-                                    o['type'] == 'function' else 'SET %s' % o['name'] for o in missing)),
+                 % (role.rolname, _names(('EXECUTE on %s' % o['name'].split('(')[0].replace('pg_catalog.', '')) if
+                                         o['type'] == 'function' else 'SET %s' % o['name'] for o in missing)),
                  'As a superuser on the destination: %s' % ' '.join(grants), missing)
 
 
@@ -2049,7 +2086,7 @@ def check_replication_origins(ctx, cid):
     if value is None:
         return _item(cid, FAILED, 'could not read %s on the destination' % name, 'Check the destination role.')
     maximum = int(value['setting'])
-    own = [r[0] for r in ctx.dst.get('origins') or [] if ctx.object_re and ctx.object_re.match(r[0])]
+    own = [r.roname for r in ctx.dst.get('origins') or [] if ctx.object_re and ctx.object_re.match(r.roname)]
     needed = max(len(ctx.db_names) - (len(own) if ctx.resuming else 0), 0)
     obj = [{'type': 'setting', 'name': name, 'value': maximum, 'needed': needed}]
     hint = ('ALTER SYSTEM SET %s = %d; on the destination and restart it (replication origins are tracked in as many '
@@ -2093,8 +2130,9 @@ def check_conflicts(ctx, cid):
         if error:
             return error
         has_rows = holder.get('has_rows') or {}
-        for oid, schema, name, relkind, readable in holder.get('relations') or []:
-            obj = {'type': 'table', 'database': db, 'schema': schema, 'name': name}
+        for rel in holder.get('relations') or []:
+            oid, relkind, readable = rel.oid, rel.relkind, rel.readable
+            obj = {'type': 'table', 'database': db, 'schema': rel.nspname, 'name': rel.relname}
             if relkind not in ('r', 'p'):
                 found.append(dict(obj, type={'v': 'view', 'm': 'materialized_view', 'f': 'foreign_table'}[relkind],
                                   status=FAILED, problem='exists with the name of a selected table'))
@@ -2107,7 +2145,8 @@ def check_conflicts(ctx, cid):
             else:
                 found.append(dict(obj, status=WARNING, problem='exists and is empty'))
         tables_in = {o['schema'] for o in found if o.get('database') == db and 'schema' in o}
-        for schema, relations, _create in holder.get('schemas') or []:
+        for row in holder.get('schemas') or []:
+            schema, relations = row.nspname, row.relations
             if schema in tables_in or (schema == 'public' and not relations):
                 continue
             found.append({'type': 'schema', 'database': db, 'name': schema, 'relations': relations, 'status': WARNING,
@@ -2154,10 +2193,9 @@ def check_roles(ctx, cid):
         return _skip_source(cid)
     if not ctx.dst.ok:
         return _skip_destination(cid)
-    from ansible_collections.pgdts.migration.plugins.module_utils import roles
-    with connect(ctx.source_spec, application_name='pgdts-verify') as src, \
-            connect(ctx.dest_spec, application_name='pgdts-verify') as dst:
-        found = roles.preview(src, dst)
+    found = ctx.roles_preview
+    if isinstance(found, Exception):
+        raise found                 # run_checks reports it as "the check itself failed", as before
     objects = [{'type': 'role', 'name': name, 'action': 'create'} for name in found['create']] + \
         [{'type': 'role', 'name': name, 'action': 'keep'} for name in found['kept']]
     counts = '%d role(s) to create, %d already on the destination (left as they are), %d membership(s) to grant' % (
@@ -2238,8 +2276,8 @@ def run_checks(source, destination, task, databases=None, tables=None, exclude_t
                pg_bindir=None):
     """source/destination: connection.ServerSpec. Returns a list of CheckItem dicts
     {'id': str, 'status': 'pass'|'warning'|'failed', 'message': str, 'hint': str, 'objects': list}."""
-    ctx = _Ctx(source, destination, task, databases, tables, exclude_tables, plugin, incremental, resuming,
-               migrate_roles)
+    ctx = Facts(source, destination, task, databases, tables, exclude_tables, plugin, incremental, resuming,
+                migrate_roles)
     ctx.replica_identity = replica_identity or 'fail'
     ctx.pg_bindir = pg_bindir
     try:
