@@ -1,4 +1,5 @@
-"""Every verify item judged on made-up facts: no server, only the judgement of the facts gathered by run_checks.
+"""Every verify item judged on made-up facts: no server, only the judgement (checks.py) of the facts that
+check_facts.gather() reads.
 
 `healthy()` builds the facts of a source and a destination on which every item passes; each case below changes one
 fact and asserts the status and a key word of the message of one item. The real gathering of these facts is tested
@@ -13,7 +14,7 @@ import struct
 
 import pytest
 
-from ansible_collections.pgdts.migration.plugins.module_utils import catalog, checks, task_state
+from ansible_collections.pgdts.migration.plugins.module_utils import catalog, check_facts, checks, task_state
 from ansible_collections.pgdts.migration.plugins.module_utils.connection import ConnectionFailure, ServerSpec
 
 TASK = 'shop_move'
@@ -54,7 +55,7 @@ def healthy(plugin='pgoutput', incremental=True, resuming=False, migrate_roles=F
     """Facts of a source database "shop" with one keyed table and an empty destination: every item passes."""
     source = ServerSpec(host='src.example', user='mover', dbname='postgres')
     destination = ServerSpec(host='dst.example', user='mover', dbname='postgres')
-    ctx = checks.Facts(source, destination, TASK, None, None, None, plugin, incremental, resuming, migrate_roles)
+    ctx = check_facts.Facts(source, destination, TASK, None, None, None, plugin, incremental, resuming, migrate_roles)
     ctx.object_re = task_state.object_name_re(TASK)
     src = ctx.src
     src.facts.update({
@@ -73,7 +74,7 @@ def healthy(plugin='pgoutput', incremental=True, resuming=False, migrate_roles=F
     ctx.repl = {'shop': None}
     ctx.plugin_result = (checks.PASS, 'decoding plugin %s loads: a temporary slot was created and dropped in database '
                                       '"shop"' % plugin, '')
-    shop = checks.Holder('shop')
+    shop = check_facts.Holder('shop')
     shop.facts.update({
         'settings': {'wal_sender_timeout': setting('60000', '1min', 'default'),
                      'statement_timeout': setting('0', '0', 'default'),
@@ -203,7 +204,7 @@ def matview_left_out(ctx, tmp):
 def destination_database(encoding='UTF8', relations=(), has_rows=None, schemas=()):
     def change(ctx, tmp):
         ctx.dst.facts['databases'].append(database_row('shop', encoding=encoding))
-        holder = checks.Holder('shop')
+        holder = check_facts.Holder('shop')
         holder.facts.update({'relations': list(relations), 'schemas': list(schemas), 'extensions': [],
                              'collations': [], 'has_rows': dict(has_rows or {})})
         ctx.dst_dbs['shop'] = holder
