@@ -149,7 +149,8 @@ ITEMS = []      # (id, function) of every check item, in the order of the output
 def item(check_id):
     """Declare a check item: `check_id` is its stable id; the function is called as function(ctx, check_id)."""
     def register(function):
-        assert check_id not in {i for i, _f in ITEMS}, check_id
+        if check_id in {i for i, _f in ITEMS}:
+            raise ValueError('check item %s is declared twice' % check_id)
         ITEMS.append((check_id, function))
         return function
     return register
