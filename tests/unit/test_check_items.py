@@ -429,3 +429,11 @@ def test_no_source_connection_fails_every_source_item(check_id, tmp_path):
         ctx.src.failure = ConnectionFailure('unreachable', 'connection refused')
     result = judge(check_id, change, tmp_path)
     assert result['status'] == checks.FAILED, result
+
+
+def test_roles_preview_error_is_raised_for_run_checks_to_report(tmp_path):
+    """A roles preview that failed while gathering is raised by destination.roles, which run_checks reports as
+    "the check itself failed" (as when the item read the roles itself)."""
+    error = RuntimeError('permission denied for table pg_authid')
+    with pytest.raises(RuntimeError, match='pg_authid'):
+        judge('destination.roles', roles_preview(error), tmp_path)
