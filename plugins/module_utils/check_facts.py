@@ -318,6 +318,12 @@ SELECT r.rolsuper, pg_catalog.pg_has_role('pg_signal_backend', 'USAGE') AS signa
 """
 
 
+def fence_rights(conn):
+    """The FENCE_RIGHTS row of the login of `conn` (rolsuper, signal_backend, not_owned), or None."""
+    with conn.cursor(row_factory=namedtuple_row) as cur:
+        return cur.execute(FENCE_RIGHTS).fetchone()
+
+
 _NO_USAGE = """
 SELECT n.nspname FROM pg_catalog.pg_namespace n
  WHERE n.nspname = ANY(%s) AND NOT pg_catalog.has_schema_privilege(n.oid, 'USAGE') ORDER BY 1

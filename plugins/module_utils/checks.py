@@ -39,7 +39,8 @@ WAL_SENDER_TIMEOUT_MIN_MS = 60000
 DISK_HEADROOM = 1.5                  # indexes are rebuilt, WAL and apply bloat come on top of the table data
 NAMES_IN_MESSAGE = 5
 NUMERIC_TYPE_OIDS = (700, 701, 1700)  # float4, float8, numeric: wal2json writes NaN/Infinity of these as null
-FENCE_RIGHTS = check_facts.FENCE_RIGHTS     # cutover.py reads the write fence's rights from here
+FENCE_RIGHTS = check_facts.FENCE_RIGHTS     # the write fence's rights; cutover.py reads them with fence_rights()
+fence_rights = check_facts.fence_rights
 
 
 def _item(check_id, status, message, hint='', objects=None):
@@ -117,10 +118,10 @@ def _version_text(version_num):
 
 
 def fence_problems(rights, dbnames, user):
-    """(message, hint) when the login whose FENCE_RIGHTS row is `rights` cannot fence `dbnames`, else None."""
+    """(message, hint) when the login whose fence_rights() row is `rights` cannot fence `dbnames`, else None."""
     if not rights:
         return 'the source login is not in pg_roles', 'Run as a role that exists on the source.'
-    superuser, signal, not_owned = rights[0], rights[1], set(rights[2] or ())
+    superuser, signal, not_owned = rights.rolsuper, rights.signal_backend, set(rights.not_owned or ())
     if superuser:
         return None
     missing, fixes = [], []
