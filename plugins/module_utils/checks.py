@@ -3,10 +3,10 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The pre-migration check catalogue behind pg_dts_verify and the start of pg_dts_migrate.
 
-`run_checks()` reads both servers (never writes: the only object it makes is a TEMPORARY logical slot that lives and
-dies inside one session) and returns check items `{id, status, message, hint, objects}` with stable ids. Work happens in
-two phases: facts are gathered with a fixed number of set-based queries per database (so 2,000 tables do not mean 2,000
-queries), then every item is judged from those facts. A server or database that cannot be reached turns into failed
+`run_checks()` returns check items `{id, status, message, hint, objects}` with stable ids. Work happens in two phases:
+check_facts.gather() reads both servers (a fixed number of set-based queries per database), then every item declared
+here with `@item(id)` judges those facts, and only those: an item is a pure function of the facts, so each can be
+tested on made-up facts (tests/unit/test_check_items.py). A server or database that cannot be reached turns into failed
 items, never into an exception.
 """
 
@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import secrets
 import struct
 
 from ansible_collections.pgdts.migration.plugins.module_utils import catalog
+from ansible_collections.pgdts.migration.plugins.module_utils import check_facts
 from ansible_collections.pgdts.migration.plugins.module_utils import schema
 from ansible_collections.pgdts.migration.plugins.module_utils import task_state
-from ansible_collections.pgdts.migration.plugins.module_utils.connection import ConnectionFailure, connect, error_text
+from ansible_collections.pgdts.migration.plugins.module_utils.check_facts import (
+    APPLY_FUNCTIONS, CONNECTION_HINTS, FAILED, LONG_TRANSACTION_SECONDS, PASS, STATE_DATABASE, STATUSES, WARNING, Facts,
+    gather, setting, source_schemas)
+from ansible_collections.pgdts.migration.plugins.module_utils.connection import ConnectionFailure
 
 try:
     import psycopg
@@ -29,52 +32,15 @@ except ImportError:  # pragma: no cover - connect() reports the missing library 
     psycopg = None
     sql = None
 
-PASS, WARNING, FAILED = 'pass', 'warning', 'failed'
-STATUSES = (PASS, WARNING, FAILED)
-
 SOURCE_MIN_VERSION = 110000          # pg_replication_slot_advance() and publications of partitioned tables
 SOURCE_MAX_TESTED_MAJOR = 18
 SOURCE_MIN_TESTED_MAJOR = 12         # the oldest major of the tested upgrade matrix (docs/versions.md)
-LONG_TRANSACTION_SECONDS = 5         # a transaction holding an xid this long stalls slot creation noticeably
-PLUGIN_CHECK_TIMEOUT_MS = 10000      # a temporary slot waits for running transactions; the plugin loads before that
-PLUGIN_CHECK_BLOCKED_TIMEOUT_MS = 2000
 WAL_SENDER_TIMEOUT_MIN_MS = 60000
 DISK_HEADROOM = 1.5                  # indexes are rebuilt, WAL and apply bloat come on top of the table data
 NAMES_IN_MESSAGE = 5
-STATE_DATABASE = task_state.STATE_DATABASE
 NUMERIC_TYPE_OIDS = (700, 701, 1700)  # float4, float8, numeric: wal2json writes NaN/Infinity of these as null
-
-APPLY_FUNCTIONS = (
-    'pg_catalog.pg_replication_origin_create(text)',
-    'pg_catalog.pg_replication_origin_session_setup(text)',
-    'pg_catalog.pg_replication_origin_xact_setup(pg_catalog.pg_lsn, timestamp with time zone)',
-    'pg_catalog.pg_replication_origin_progress(text, boolean)',
-    'pg_catalog.pg_replication_origin_advance(text, pg_catalog.pg_lsn)',
-    'pg_catalog.pg_replication_origin_drop(text)',
-)
-
-SOURCE_SETTINGS = ('wal_level', 'max_replication_slots', 'max_wal_senders', 'max_slot_wal_keep_size', 'server_version')
-SESSION_SETTINGS = ('wal_sender_timeout', 'statement_timeout', 'idle_in_transaction_session_timeout',
-                    'transaction_timeout')
-
-CONNECTION_HINTS = {
-    'auth_failed': 'Check the user and password (the password option, PGPASSWORD or ~/.pgpass) and that the role may '
-                   'log in (ALTER ROLE ... LOGIN PASSWORD ...).',
-    'not_allowed': 'Add a pg_hba.conf line for this user and the host that runs pgdts (for example '
-                   '"host all <user> <address>/32 scram-sha-256"), then reload the server (SELECT pg_reload_conf()); '
-                   'pgdts.migration.pg_dts_source_config can do this on the source.',
-    'unreachable': 'Check host and port, that the server runs and listens on that address (listen_addresses), and '
-                   'that no firewall blocks the port.',
-    'timeout': 'The server did not answer within connect_timeout: check the network path and firewall, or raise '
-               'connect_timeout.',
-    'database_missing': 'Set dbname to a database that exists (it is only used for server-wide queries).',
-    'ssl_required': 'Set sslmode to match the server (require or verify-full when it insists on SSL; disable or prefer '
-                    'when it has no SSL).',
-    'too_many_connections': 'The server has no free connection slots: raise max_connections or end idle sessions.',
-    'starting_up': 'Wait until the server has finished starting (or recovering) and run the check again.',
-    'missing_library': 'Install psycopg 3 on the host that runs the module: pip install "psycopg[binary]".',
-    'invalid': 'Fix the connection options.',
-}
+FENCE_RIGHTS = check_facts.FENCE_RIGHTS     # the write fence's rights; cutover.py reads them with fence_rights()
+fence_rights = check_facts.fence_rights
 
 
 def _item(check_id, status, message, hint='', objects=None):
@@ -148,254 +114,14 @@ def _version_text(version_num):
     return '%d.%d.%d' % (version_num // 10000, (version_num // 100) % 100, version_num % 100)
 
 
-class _Holder:
-    """Facts read from one connection, and the errors of the queries that failed."""
-
-    def __init__(self, name):
-        self.name = name
-        self.failure = None     # ConnectionFailure when the connection could not be made
-        self.facts = {}
-        self.errors = {}
-
-    @property
-    def ok(self):
-        return self.failure is None
-
-    def fetch(self, key, conn, query, params=None, how='all'):
-        try:
-            with conn.cursor() as cur:
-                cur.execute(query, params)
-                if how == 'all':
-                    result = cur.fetchall()
-                else:
-                    row = cur.fetchone()
-                    result = row if how == 'one' else (row[0] if row else None)
-        except psycopg.Error as exc:
-            self.errors[key] = error_text(exc)
-            return None
-        self.facts[key] = result
-        return result
-
-    def get(self, key, default=None):
-        return self.facts.get(key, default)
-
-
-class _Ctx:
-    def __init__(self, source, destination, task, databases, tables, exclude_tables, plugin, incremental, resuming,
-                 migrate_roles=False):
-        self.migrate_roles = bool(migrate_roles)
-        self.source_spec = source
-        self.dest_spec = destination
-        self.task = task
-        self.databases_option = list(databases) if databases else None
-        self.include = list(tables or [])
-        self.exclude = list(exclude_tables or [])
-        self.plugin = plugin or 'pgoutput'
-        self.incremental = bool(incremental)
-        self.resuming = bool(resuming)
-        self.task_error = None
-        self.object_re = None
-        self.selection_error = None
-        self.src = _Holder('source')
-        self.dst = _Holder('destination')
-        self.db_names = []              # the selected source databases
-        self.db_problems = []           # (dbname, problem) of the databases option
-        self.src_dbs = {}               # dbname -> _Holder (normal connection facts)
-        self.repl = {}                  # dbname -> None or failure message
-        self.dst_dbs = {}               # dbname -> _Holder, only for databases that exist on the destination
-        self.plugin_result = None       # (status, message, hint)
-        self.expected_names = {}        # object name -> dbname
-
-    @property
-    def whole_databases(self):
-        return not self.include
-
-    def reachable_dbs(self):
-        return [db for db in self.db_names if db in self.src_dbs and self.src_dbs[db].ok]
-
-    def unreachable_dbs(self):
-        return [db for db in self.db_names if db not in self.src_dbs or not self.src_dbs[db].ok]
-
-    def selected(self, dbname):
-        return self.src_dbs[dbname].get('selected', [])
-
-    def all_selected(self):
-        return [(db, t) for db in self.reachable_dbs() for t in self.selected(db)]
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Phase 1: facts
-# ------------------------------------------------------------------------------------------------------------------
-
-_SOURCE_ROLE = """
-SELECT current_user, r.rolsuper, r.rolreplication, r.rolcreatedb
-  FROM pg_catalog.pg_roles r WHERE r.rolname = current_user
-"""
-
-_DATABASES = """
-SELECT d.datname, d.datistemplate, d.datallowconn, pg_catalog.pg_encoding_to_char(d.encoding),
-       d.datcollate, d.datctype, {provider}, {icu_locale},
-       pg_catalog.has_database_privilege(d.oid, 'CREATE')
-  FROM pg_catalog.pg_database d ORDER BY d.datname
-"""
-
-_SETTINGS = """
-SELECT name, setting, unit, pg_catalog.current_setting(name), source
-  FROM pg_catalog.pg_settings WHERE name = ANY(%s)
-"""
-
-_SLOTS = """
-SELECT slot_name, plugin, slot_type, database, active, active_pid, temporary, {wal_status}
-  FROM pg_catalog.pg_replication_slots ORDER BY slot_name
-"""
-
-_LONG_TRANSACTIONS = """
-SELECT pid, usename, datname, application_name, state, backend_type,
-       EXTRACT(EPOCH FROM now() - xact_start)::bigint
-  FROM pg_catalog.pg_stat_activity
- WHERE pid <> pg_catalog.pg_backend_pid() AND backend_xid IS NOT NULL
-   AND xact_start < now() - pg_catalog.make_interval(secs => %s)
- ORDER BY xact_start
-"""
-
-_HIDDEN_XID_SESSIONS = """
-SELECT count(*) FROM pg_catalog.pg_stat_activity
- WHERE pid <> pg_catalog.pg_backend_pid() AND backend_xid IS NOT NULL AND xact_start IS NULL
-"""
-
-_PREPARED = """
-SELECT gid, owner, database, EXTRACT(EPOCH FROM now() - prepared)::bigint
-  FROM pg_catalog.pg_prepared_xacts ORDER BY prepared
-"""
-
-_SERVER_IDENTITY = """
-SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.pg_postmaster_start_time()::text
-"""
-
-_SYSTEM_IDENTIFIER = 'SELECT system_identifier::text FROM pg_catalog.pg_control_system()'
-
-
-def _reclassify(failure, spec):
-    """connection.classify_error reads the "no encryption" of a missing pg_hba.conf entry as an SSL mismatch."""
-    if failure.kind == 'ssl_required' and 'no pg_hba.conf entry' in failure.message:
-        detail = failure.message.split(': ', 1)[-1]
-        return ConnectionFailure('not_allowed', 'the server at %s:%s has no pg_hba.conf entry that allows user "%s": %s'
-                                 % (spec.host or 'local socket', spec.port, spec.user or '', detail))
-    return failure
-
-
-def _connect(holder, spec, dbname=None, **kwargs):
-    try:
-        return connect(spec, dbname=dbname, **kwargs)
-    except ConnectionFailure as exc:
-        holder.failure = _reclassify(exc, spec)
-    except Exception as exc:  # pylint: disable=broad-except  # any other driver error is still a failed item
-        holder.failure = ConnectionFailure('error', 'cannot connect: %s' % error_text(exc))
-    return None
-
-
-def _databases_query(version):
-    if version >= 170000:       # 17 renamed daticulocale to datlocale (also used by the builtin provider)
-        return sql.SQL(_DATABASES).format(provider=sql.SQL('d.datlocprovider::text'), icu_locale=sql.SQL('d.datlocale'))
-    if version >= 150000:
-        return sql.SQL(_DATABASES).format(provider=sql.SQL('d.datlocprovider::text'), icu_locale=sql.SQL('d.daticulocale'))
-    return sql.SQL(_DATABASES).format(provider=sql.Literal('c'), icu_locale=sql.NULL)
-
-
-def _settings_map(rows):
-    return {r[0]: {'setting': r[1], 'unit': r[2], 'display': r[3], 'source': r[4]} for r in rows or []}
-
-
-def _gather_source(ctx):
-    src = ctx.src
-    conn = _connect(src, ctx.source_spec)
-    if conn is None:
-        return
-    with conn:
-        version = conn.info.server_version
-        src.facts['version'] = version
-        src.fetch('role', conn, _SOURCE_ROLE, how='one')
-        src.fetch('fence_rights', conn, FENCE_RIGHTS, how='one')
-        src.fetch('databases', conn, _databases_query(version))
-        src.fetch('settings', conn, _SETTINGS, (list(SOURCE_SETTINGS),))
-        src.facts['settings'] = _settings_map(src.get('settings'))
-        wal_status = sql.Identifier('wal_status') if version >= 130000 else sql.NULL
-        src.fetch('slots', conn, sql.SQL(_SLOTS).format(wal_status=wal_status))
-        src.fetch('walsenders', conn, "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'walsender'",
-                  how='value')
-        src.fetch('long_transactions', conn, _LONG_TRANSACTIONS, (LONG_TRANSACTION_SECONDS,))
-        src.fetch('hidden_xid_sessions', conn, _HIDDEN_XID_SESSIONS, how='value')
-        src.fetch('prepared', conn, _PREPARED)
-        src.fetch('identity', conn, _SERVER_IDENTITY, how='one')
-        src.fetch('system_identifier', conn, _SYSTEM_IDENTIFIER, how='value')
-        src.fetch('version_text', conn, 'SHOW server_version', how='value')
-
-
-def _select_databases(ctx):
-    """The selected source databases, and what is wrong with the `databases` option."""
-    rows = ctx.src.get('databases') or []
-    info = {r[0]: r for r in rows}
-    if ctx.databases_option is None:
-        ctx.db_names = [r[0] for r in rows if not r[1] and r[2] and r[0] != STATE_DATABASE]
-        return
-    seen = []
-    for name in ctx.databases_option:
-        if name in seen:
-            continue
-        seen.append(name)
-        row = info.get(name)
-        if name == STATE_DATABASE:
-            ctx.db_problems.append((name, 'is the name of the pgdts state database and cannot be migrated'))
-        elif row is None:
-            ctx.db_problems.append((name, 'does not exist on the source'))
-        elif row[1]:
-            ctx.db_problems.append((name, 'is a template database'))
-        elif not row[2]:
-            ctx.db_problems.append((name, 'does not allow connections (datallowconn is false)'))
-        else:
-            ctx.db_names.append(name)
-
-
-_REPLICA_IDENTITY_MISSING = """
-SELECT c.oid FROM pg_catalog.pg_class c
- WHERE c.oid = ANY(%s) AND c.relkind = 'r'
-   AND NOT (c.relreplident = 'f'
-            OR (c.relreplident = 'd' AND EXISTS (SELECT 1 FROM pg_catalog.pg_index i
-                                                  WHERE i.indrelid = c.oid AND i.indisprimary))
-            OR (c.relreplident = 'i' AND EXISTS (SELECT 1 FROM pg_catalog.pg_index i
-                                                  WHERE i.indrelid = c.oid AND i.indisreplident)))
-"""
-
-_NO_SELECT = """
-SELECT c.oid FROM pg_catalog.pg_class c
- WHERE c.oid = ANY(%s) AND NOT pg_catalog.has_table_privilege(c.oid, 'SELECT')
-"""
-
-# Selected tables whose rows row-level security would hide from this login (copy and compare run with
-# row_security = off, so such a table fails the copy instead of arriving filtered).
-_RLS_FILTERED = """
-SELECT c.oid, c.relforcerowsecurity FROM pg_catalog.pg_class c
- WHERE c.oid = ANY(%s) AND c.relrowsecurity
-   AND NOT (SELECT r.rolsuper OR r.rolbypassrls FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
-   AND (c.relforcerowsecurity OR NOT pg_catalog.pg_has_role(c.relowner, 'USAGE'))
- ORDER BY 1
-"""
-
-# What the write fence of pg_dts_finish needs: ALTER DATABASE ... SET (owner or superuser) and pg_terminate_backend
-# of other roles' sessions (superuser or pg_signal_backend). One row: superuser, pg_signal_backend, databases not owned.
-FENCE_RIGHTS = """
-SELECT r.rolsuper, pg_catalog.pg_has_role('pg_signal_backend', 'USAGE'),
-       COALESCE((SELECT pg_catalog.array_agg(d.datname::text ORDER BY d.datname) FROM pg_catalog.pg_database d
-                  WHERE NOT pg_catalog.pg_has_role(d.datdba, 'USAGE')), '{}')
-  FROM pg_catalog.pg_roles r WHERE r.rolname = current_user
-"""
+# The write fence (FENCE_RIGHTS is read with the facts; cutover.py reads it too)
 
 
 def fence_problems(rights, dbnames, user):
-    """(message, hint) when the login whose FENCE_RIGHTS row is `rights` cannot fence `dbnames`, else None."""
+    """(message, hint) when the login whose fence_rights() row is `rights` cannot fence `dbnames`, else None."""
     if not rights:
         return 'the source login is not in pg_roles', 'Run as a role that exists on the source.'
-    superuser, signal, not_owned = rights[0], rights[1], set(rights[2] or ())
+    superuser, signal, not_owned = rights.rolsuper, rights.signal_backend, set(rights.not_owned or ())
     if superuser:
         return None
     missing, fixes = [], []
@@ -414,290 +140,22 @@ def fence_problems(rights, dbnames, user):
             'fence=none if the applications are stopped otherwise.' % ' '.join(fixes))
 
 
-_NO_USAGE = """
-SELECT n.nspname FROM pg_catalog.pg_namespace n
- WHERE n.nspname = ANY(%s) AND NOT pg_catalog.has_schema_privilege(n.oid, 'USAGE') ORDER BY 1
-"""
-
-# which sequences a task carries: one query for verify, the copy and the cutover
-_SEQUENCES = catalog.SEQUENCES_IN_SCOPE
-
-_NOT_OWNED = """
-SELECT c.oid FROM pg_catalog.pg_class c
- WHERE c.oid = ANY(%s) AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')
-"""
-
-_TRIGGERS = """
-SELECT t.tgrelid, t.tgname, t.tgenabled::text FROM pg_catalog.pg_trigger t
- WHERE t.tgrelid = ANY(%s) AND NOT t.tgisinternal ORDER BY 1, 2
-"""
-
-_RULES = """
-SELECT r.ev_class, r.rulename, r.ev_enabled::text, r.ev_type::text, r.is_instead FROM pg_catalog.pg_rewrite r
- WHERE r.ev_class = ANY(%s) AND r.rulename <> '_RETURN' ORDER BY 1, 2
-"""
-
-_FOREIGN_KEYS = """
-SELECT c.conrelid, c.conname, c.confrelid, fn.nspname, fc.relname, c.conparentid <> 0
-  FROM pg_catalog.pg_constraint c
-  JOIN pg_catalog.pg_class fc ON fc.oid = c.confrelid
-  JOIN pg_catalog.pg_namespace fn ON fn.oid = fc.relnamespace
- WHERE c.contype = 'f' AND c.conrelid = ANY(%s)
- ORDER BY c.conparentid <> 0, c.conrelid, c.conname
-"""
-
-_MATVIEWS = """
-SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
-  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
- WHERE c.relkind = 'm' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_class'::regclass
-                      AND e.objid = c.oid AND e.deptype = 'e')
- ORDER BY 1, 2
-"""
-
-_EXTENSIONS = """
-SELECT e.extname, e.extversion FROM pg_catalog.pg_extension e WHERE e.extname <> 'plpgsql' ORDER BY 1
-"""
-
-_COLUMN_COLLATIONS = """
-SELECT DISTINCT n.nspname, co.collname, co.collprovider::text
-  FROM pg_catalog.pg_attribute a
-  JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation
-  JOIN pg_catalog.pg_namespace n ON n.oid = co.collnamespace
- WHERE a.attrelid = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped AND a.attcollation <> 0
-   AND co.collname <> 'default'
- ORDER BY 1, 2
-"""
-
-_PUBLICATIONS = r"SELECT pubname FROM pg_catalog.pg_publication WHERE pubname LIKE 'pgdts\_%' ORDER BY 1"
-
-_SELECTED_SIZE = """
-SELECT COALESCE(sum(pg_catalog.pg_total_relation_size(r.oid)), 0)::bigint
-  FROM pg_catalog.pg_class r WHERE r.oid = ANY(%s)
-"""
-
-
-def _gather_source_db(ctx, dbname):
-    holder = _Holder(dbname)
-    ctx.src_dbs[dbname] = holder
-    conn = _connect(holder, ctx.source_spec, dbname=dbname)
-    if conn is None:
-        return
-    with conn:
-        holder.fetch('settings', conn, _SETTINGS, (list(SESSION_SETTINGS),))
-        holder.facts['settings'] = _settings_map(holder.get('settings'))
-        try:
-            tables = catalog.load_tables(conn, dbname)
-        except psycopg.Error as exc:
-            holder.errors['tables'] = error_text(exc)
-            tables = []
-        holder.facts['tables'] = tables
-        holder.facts['by_oid'] = {t.oid: t for t in tables}
-        if ctx.selection_error is None:
-            selected = catalog.select_tables(tables, ctx.include, ctx.exclude)
-        else:
-            selected = []
-        holder.facts['selected'] = selected
-        oids = [t.oid for t in selected]
-        holder.fetch('no_replica_identity', conn, _REPLICA_IDENTITY_MISSING, (oids,))
-        holder.fetch('no_select', conn, _NO_SELECT, (oids,))
-        holder.fetch('no_usage', conn, _NO_USAGE, (sorted({t.schema for t in selected}),))
-        holder.fetch('rls_filtered', conn, _RLS_FILTERED, (oids,))
-        holder.fetch('sequences', conn, _SEQUENCES, catalog.sequence_scope_params(ctx.whole_databases and not ctx.exclude, oids))
-        holder.fetch('not_owned', conn, _NOT_OWNED, (oids,))
-        holder.fetch('can_create', conn, "SELECT pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE')",
-                     how='value')
-        holder.fetch('triggers', conn, _TRIGGERS, (oids,))
-        holder.fetch('rules', conn, _RULES, (oids,))
-        holder.fetch('foreign_keys', conn, _FOREIGN_KEYS, (oids,))
-        holder.fetch('matviews', conn, _MATVIEWS)
-        holder.fetch('large_objects', conn, 'SELECT count(*) FROM pg_catalog.pg_largeobject_metadata', how='value')
-        holder.fetch('extensions', conn, _EXTENSIONS)
-        holder.fetch('collations', conn, _COLUMN_COLLATIONS, (oids,))
-        holder.fetch('publications', conn, _PUBLICATIONS)
-        holder.fetch('size', conn, _SELECTED_SIZE, (oids,), how='value')
-
-
-def _gather_replication(ctx):
-    """A replication=database connection to every selected database (pg_hba, REPLICATION, max_wal_senders)."""
-    for dbname in ctx.reachable_dbs() or [ctx.source_spec.dbname]:
-        probe = _Holder(dbname)
-        conn = _connect(probe, ctx.source_spec, dbname=dbname, replication='database')
-        if conn is None:
-            ctx.repl[dbname] = probe.failure.message
-            continue
-        with conn:
-            probe.fetch('identify', conn, 'IDENTIFY_SYSTEM', how='one')
-        ctx.repl[dbname] = probe.errors.get('identify')
-
-
-def _blocking_transactions(ctx):
-    return bool(ctx.src.get('long_transactions') or ctx.src.get('prepared'))
-
-
-def _check_plugin_load(ctx):
-    """Create a TEMPORARY logical slot with the chosen plugin in a throw-away session; (status, message, hint)."""
-    src = ctx.src
-    settings = src.get('settings') or {}
-    wal_level = settings.get('wal_level', {}).get('setting')
-    if wal_level != 'logical':
-        return (FAILED, 'skipped because wal_level is %s, not logical, so no logical slot can be made (see '
-                        'source.wal_level)' % (wal_level or 'unknown'),
-                'Set wal_level = logical on the source and restart it, then verify again.')
-    free = _free_slots(ctx)
-    if free is not None and free < 1:
-        return (FAILED, 'skipped because no replication slot is free on the source to try plugin %s in a temporary '
-                        'slot (see source.replication_slots)' % ctx.plugin,
-                'Free a replication slot or raise max_replication_slots, then verify again.')
-    dbname = (ctx.reachable_dbs() or [ctx.source_spec.dbname])[0]
-    probe = _Holder(dbname)
-    conn = _connect(probe, ctx.source_spec, dbname=dbname)
-    if conn is None:
-        return (FAILED, 'skipped because pgdts could not connect to database "%s" of the source: %s'
-                % (dbname, probe.failure.message), CONNECTION_HINTS.get(probe.failure.kind, ''))
-    slot = 'pgdts_verify_%d_%s_chk' % (os.getpid() % 100000, secrets.token_hex(4))
-    timeout = PLUGIN_CHECK_BLOCKED_TIMEOUT_MS if _blocking_transactions(ctx) else PLUGIN_CHECK_TIMEOUT_MS
-    try:
-        with conn:
-            conn.execute(sql.SQL('SET statement_timeout = {}').format(sql.Literal(timeout)))
-            try:
-                conn.execute('SELECT pg_catalog.pg_create_logical_replication_slot(%s, %s, true)', (slot, ctx.plugin))
-            except psycopg.errors.QueryCanceled:
-                return (PASS, 'decoding plugin %s loaded in database "%s"; the temporary slot then waited for open '
-                              'transactions and was given up after %d s (see source.long_transactions and '
-                              'source.prepared_transactions)' % (ctx.plugin, dbname, timeout // 1000), '')
-            conn.execute('SELECT pg_catalog.pg_drop_replication_slot(%s)', (slot,))
-    except psycopg.Error as exc:
-        text = error_text(exc)
-        hint = 'Fix the error above and verify again.'
-        if 'could not access file' in text or 'could not load library' in text:
-            hint = ('The plugin library is not installed on the source server: install it (for wal2json the '
-                    'postgresql-<major>-wal2json package, or pgdts.migration.pg_dts_plugin_install), no restart needed.')
-        elif 'permission denied' in text or 'must be superuser or replication role' in text:
-            hint = 'Give the source role the REPLICATION attribute (see source.replication_privilege).'
-        return (FAILED, 'decoding plugin %s could not be used in database "%s": %s' % (ctx.plugin, dbname, text), hint)
-    return (PASS, 'decoding plugin %s loads: a temporary slot was created and dropped in database "%s"'
-            % (ctx.plugin, dbname), '')
-
-
-_DEST_ROLE = _SOURCE_ROLE
-
-_DEST_SETTINGS = ('max_replication_slots', 'max_active_replication_origins', 'data_directory', 'server_version')
-
-
-def _gather_destination(ctx):
-    dst = ctx.dst
-    conn = _connect(dst, ctx.dest_spec)
-    if conn is None:
-        return
-    with conn:
-        version = conn.info.server_version
-        dst.facts['version'] = version
-        dst.fetch('role', conn, _DEST_ROLE, how='one')
-        dst.fetch('databases', conn, _databases_query(version))
-        dst.fetch('settings', conn, _SETTINGS, (list(_DEST_SETTINGS),))
-        dst.facts['settings'] = _settings_map(dst.get('settings'))
-        dst.fetch('identity', conn, _SERVER_IDENTITY, how='one')
-        dst.fetch('system_identifier', conn, _SYSTEM_IDENTIFIER, how='value')
-        dst.fetch('version_text', conn, 'SHOW server_version', how='value')
-        trusted = sql.Identifier('trusted') if version >= 130000 else sql.Literal(False)
-        dst.fetch('available_extensions', conn, sql.SQL(
-            'SELECT name, version, superuser, {} FROM pg_catalog.pg_available_extension_versions').format(trusted))
-        dst.fetch('catalog_collations', conn, "SELECT collname, collcollate, collprovider::text FROM pg_catalog.pg_collation "
-                                              "WHERE collnamespace = 'pg_catalog'::regnamespace")
-        privileges = [sql.SQL('pg_catalog.has_function_privilege({}, {})').format(sql.Literal(f), sql.Literal('EXECUTE'))
-                      for f in APPLY_FUNCTIONS]
-        dst.fetch('function_privileges', conn, sql.SQL('SELECT {}').format(sql.SQL(', ').join(privileges)), how='one')
-        if version >= 150000:
-            dst.fetch('srr_privilege', conn, "SELECT pg_catalog.has_parameter_privilege('session_replication_role', 'SET')",
-                      how='value')
-        dst.fetch('origins', conn, r"SELECT roname FROM pg_catalog.pg_replication_origin WHERE roname LIKE 'pgdts\_%' "
-                                   "ORDER BY 1")
-        dst.fetch('origin_states', conn, 'SELECT count(*) FROM pg_catalog.pg_replication_origin_status', how='value')
-
-
-_DEST_RELATIONS = """
-SELECT c.oid, n.nspname, c.relname, c.relkind::text, pg_catalog.has_table_privilege(c.oid, 'SELECT')
-  FROM pg_catalog.pg_class c
-  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-  JOIN unnest(%s::text[], %s::text[]) AS s(nsp, rel) ON s.nsp = n.nspname AND s.rel = c.relname
- WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
- ORDER BY 2, 3
-"""
-
-_DEST_SCHEMAS = """
-SELECT n.nspname, (SELECT count(*) FROM pg_catalog.pg_class c WHERE c.relnamespace = n.oid),
-       pg_catalog.has_schema_privilege(n.oid, 'CREATE')
-  FROM pg_catalog.pg_namespace n WHERE n.nspname = ANY(%s) ORDER BY 1
-"""
-
-_DEST_COLLATIONS = """
-SELECT n.nspname, co.collname FROM pg_catalog.pg_collation co
-  JOIN pg_catalog.pg_namespace n ON n.oid = co.collnamespace
- WHERE co.collname = ANY(%s)
-"""
-
-_EXISTS_BATCH = 400
-
-
-def _source_schemas(ctx, dbname):
-    """Schemas the migration creates in `dbname`: those of selected tables (every user schema for a whole database)."""
-    holder = ctx.src_dbs.get(dbname)
-    if holder is None or not holder.ok:
-        return []
-    schemas = {t.schema for t in holder.get('selected', [])}
-    if ctx.whole_databases:
-        schemas.update(t.schema for t in holder.get('tables', []))
-        schemas.update(s for s, _n in holder.get('matviews') or [])
-    return sorted(schemas)
-
-
-def _gather_destination_db(ctx, dbname):
-    holder = _Holder(dbname)
-    ctx.dst_dbs[dbname] = holder
-    conn = _connect(holder, ctx.dest_spec, dbname=dbname)
-    if conn is None:
-        return
-    selected = ctx.selected(dbname) if dbname in ctx.src_dbs and ctx.src_dbs[dbname].ok else []
-    with conn:
-        rows = holder.fetch('relations', conn, _DEST_RELATIONS, ([t.schema for t in selected], [t.name for t in selected]))
-        holder.fetch('schemas', conn, _DEST_SCHEMAS, (_source_schemas(ctx, dbname),))
-        holder.fetch('extensions', conn, 'SELECT extname, extversion FROM pg_catalog.pg_extension')
-        names = sorted({r[1] for r in (ctx.src_dbs[dbname].get('collations') or [])}) if dbname in ctx.src_dbs else []
-        holder.fetch('collations', conn, _DEST_COLLATIONS, (names,))
-        has_rows = {}
-        readable = [r for r in rows or [] if r[3] in ('r', 'p') and r[4]]
-        for start in range(0, len(readable), _EXISTS_BATCH):
-            chunk = readable[start:start + _EXISTS_BATCH]
-            parts = [sql.SQL('SELECT {}::oid, EXISTS (SELECT 1 FROM {} LIMIT 1)').format(
-                sql.Literal(r[0]), sql.Identifier(r[1], r[2])) for r in chunk]
-            result = holder.fetch('rows_%d' % start, conn, sql.SQL(' UNION ALL ').join(parts))
-            for oid, present in result or []:
-                has_rows[oid] = present
-        holder.facts['has_rows'] = has_rows
-
-
-def _gather(ctx):
-    _gather_source(ctx)
-    if ctx.src.ok:
-        _select_databases(ctx)
-        for dbname in ctx.db_names:
-            _gather_source_db(ctx, dbname)
-        _gather_replication(ctx)
-        ctx.plugin_result = _check_plugin_load(ctx)
-    elif ctx.databases_option:
-        ctx.db_names = [d for d in dict.fromkeys(ctx.databases_option) if d != STATE_DATABASE]
-    _gather_destination(ctx)
-    if ctx.dst.ok:
-        existing = {r[0] for r in ctx.dst.get('databases') or []}
-        for dbname in ctx.db_names:
-            if dbname in existing:
-                _gather_destination_db(ctx, dbname)
-
-
 # ------------------------------------------------------------------------------------------------------------------
 # Phase 2: items
 # ------------------------------------------------------------------------------------------------------------------
+
+ITEMS = []      # (id, function) of every check item, in the order of the output; filled by @item
+
+
+def item(check_id):
+    """Declare a check item: `check_id` is its stable id; the function is called as function(ctx, check_id)."""
+    def register(function):
+        if check_id in {i for i, _f in ITEMS}:
+            raise ValueError('check item %s is declared twice' % check_id)
+        ITEMS.append((check_id, function))
+        return function
+    return register
+
 
 def _skip_source(check_id):
     return _item(check_id, FAILED, 'skipped because pgdts could not connect to the source (see source.connection)',
@@ -757,13 +215,14 @@ def _per_db_items(ctx, check_id, keys, evaluate):
     return found, None
 
 
-def check_task_name(ctx):
+@item('task.name')
+def check_task_name(ctx, cid):
     if ctx.task_error:
-        return _item('task.name', FAILED, ctx.task_error,
+        return _item(cid, FAILED, ctx.task_error,
                      'Use a name that starts with a lower-case letter and holds only lower-case letters, digits and '
                      'underscores (at most 40 characters).')
-    return _item('task.name', PASS, 'task name "%s" is valid; its slots, publications and origins are named '
-                                    'pgdts_%s_<database tag>' % (ctx.task, ctx.task))
+    return _item(cid, PASS, 'task name "%s" is valid; its slots, publications and origins are named '
+                            'pgdts_%s_<database tag>' % (ctx.task, ctx.task))
 
 
 def _connection_item(check_id, holder, spec, role):
@@ -776,16 +235,18 @@ def _connection_item(check_id, holder, spec, role):
                  % (role, spec.describe(), holder.get('version_text') or _version_text(holder.get('version'))), '', [obj])
 
 
-def check_source_connection(ctx):
-    return _connection_item('source.connection', ctx.src, ctx.source_spec, 'source')
+@item('source.connection')
+def check_source_connection(ctx, cid):
+    return _connection_item(cid, ctx.src, ctx.source_spec, 'source')
 
 
-def check_destination_connection(ctx):
-    return _connection_item('destination.connection', ctx.dst, ctx.dest_spec, 'destination')
+@item('destination.connection')
+def check_destination_connection(ctx, cid):
+    return _connection_item(cid, ctx.dst, ctx.dest_spec, 'destination')
 
 
-def check_databases(ctx):
-    cid = 'source.databases'
+@item('source.databases')
+def check_databases(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     error = _fact_error(cid, ctx.src, 'databases')
@@ -818,8 +279,8 @@ def check_databases(ctx):
                  '', [{'type': 'database', 'name': d} for d in ctx.db_names])
 
 
-def check_replication_connection(ctx):
-    cid = 'source.replication_connection'
+@item('source.replication_connection')
+def check_replication_connection(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     bad = [(db, err) for db, err in ctx.repl.items() if err]
@@ -843,8 +304,8 @@ def check_replication_connection(ctx):
                  % _names('"%s"' % d for d in ctx.repl), '', [{'type': 'database', 'name': d} for d in ctx.repl])
 
 
-def check_distinct(ctx):
-    cid = 'servers.distinct'
+@item('servers.distinct')
+def check_distinct(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     if not ctx.dst.ok:
@@ -855,16 +316,16 @@ def check_distinct(ctx):
                 or _item(cid, FAILED, 'could not read the server identities'))
     sys_a, sys_b = ctx.src.get('system_identifier'), ctx.dst.get('system_identifier')
     same_system = sys_a is None or sys_b is None or sys_a == sys_b
-    if a[1] == b[1] and same_system:
+    if a.started == b.started and same_system:
         return _item(cid, FAILED, 'source and destination are the same server (system identifier %s, started %s)'
-                     % (sys_a or sys_b or 'unknown', a[1]), 'Point destination at a different PostgreSQL server.',
-                     [{'type': 'server', 'system_identifier': sys_a or sys_b, 'started': a[1]}])
+                     % (sys_a or sys_b or 'unknown', a.started), 'Point destination at a different PostgreSQL server.',
+                     [{'type': 'server', 'system_identifier': sys_a or sys_b, 'started': a.started}])
     note = ' (the destination was cloned from the source: same system identifier)' if sys_a and sys_a == sys_b else ''
     return _item(cid, PASS, 'source and destination are different servers%s' % note)
 
 
-def check_source_version(ctx):
-    cid = 'source.version'
+@item('source.version')
+def check_source_version(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     version = ctx.src.get('version')
@@ -897,8 +358,8 @@ def compare_versions(source_num, dest_num):
     return PASS, 'source and destination run the same major version (%d)' % src_major
 
 
-def check_destination_version(ctx):
-    cid = 'destination.version'
+@item('destination.version')
+def check_destination_version(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     if not ctx.dst.ok:
@@ -911,9 +372,9 @@ def check_destination_version(ctx):
         {'type': 'server', 'role': 'destination', 'version_num': ctx.dst.get('version')}])
 
 
-def check_client_programs(ctx):
+@item('worker.client_programs')
+def check_client_programs(ctx, cid):
     """pg_dump and pg_restore (psql too, if it is there) the worker can run for these servers, on this host."""
-    cid = 'worker.client_programs'
     if not ctx.src.ok:
         return _skip_source(cid)
     if not ctx.dst.ok:
@@ -936,42 +397,38 @@ def check_client_programs(ctx):
                  programs)
 
 
-def check_source_recovery(ctx):
-    cid = 'source.recovery'
+@item('source.recovery')
+def check_source_recovery(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     identity = ctx.src.get('identity')
     if not identity:
         return _fact_error(cid, ctx.src, 'identity') or _item(cid, FAILED, 'could not read the recovery state')
-    if identity[0]:
+    if identity.in_recovery:
         return _item(cid, FAILED, 'the source is a standby in recovery: pgdts needs the primary, where it creates its '
                                   'publication and slots and where the writes happen',
                      'Point source at the primary server (SELECT pg_is_in_recovery() returns false there).')
     return _item(cid, PASS, 'the source is a primary (not in recovery)')
 
 
-def check_destination_recovery(ctx):
-    cid = 'destination.recovery'
+@item('destination.recovery')
+def check_destination_recovery(ctx, cid):
     if not ctx.dst.ok:
         return _skip_destination(cid)
     identity = ctx.dst.get('identity')
     if not identity:
         return _fact_error(cid, ctx.dst, 'identity') or _item(cid, FAILED, 'could not read the recovery state')
-    if identity[0]:
+    if identity.in_recovery:
         return _item(cid, FAILED, 'the destination is a standby in recovery and accepts no writes',
                      'Point destination at a primary (or promote it: SELECT pg_promote()).')
     return _item(cid, PASS, 'the destination accepts writes (not in recovery)')
 
 
-def _setting(holder, name):
-    return (holder.get('settings') or {}).get(name)
-
-
-def check_wal_level(ctx):
-    cid = 'source.wal_level'
+@item('source.wal_level')
+def check_wal_level(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
-    value = _setting(ctx.src, 'wal_level')
+    value = setting(ctx.src, 'wal_level')
     current = value['setting'] if value else 'unknown'
     obj = [{'type': 'setting', 'name': 'wal_level', 'value': current, 'required': 'logical'}]
     if current != 'logical':
@@ -984,34 +441,26 @@ def check_wal_level(ctx):
 def _own_slots(ctx):
     if not ctx.object_re:
         return []
-    return [r for r in ctx.src.get('slots') or [] if ctx.object_re.match(r[0])]
+    return [r for r in ctx.src.get('slots') or [] if ctx.object_re.match(r.slot_name)]
 
 
-def _free_slots(ctx):
-    value = _setting(ctx.src, 'max_replication_slots')
-    slots = ctx.src.get('slots')
-    if value is None or slots is None:
-        return None
-    return int(value['setting']) - len(slots)
-
-
-def check_replication_slots(ctx):
-    cid = 'source.replication_slots'
+@item('source.replication_slots')
+def check_replication_slots(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     error = _fact_error(cid, ctx.src, 'slots')
     if error:
         return error
-    maximum = int(_setting(ctx.src, 'max_replication_slots')['setting'])
+    maximum = int(setting(ctx.src, 'max_replication_slots')['setting'])
     slots = ctx.src.get('slots')
     reused = len(_own_slots(ctx)) if ctx.resuming else 0
     needed = max(len(ctx.db_names) - reused, 0)
     free = maximum - len(slots)
     obj = [{'type': 'setting', 'name': 'max_replication_slots', 'value': maximum, 'in_use': len(slots),
             'needed': needed}]
-    idle = [r[0] for r in slots if not r[4] and not (ctx.object_re and ctx.object_re.match(r[0]))]
-    obj += [{'type': 'replication_slot', 'name': r[0], 'plugin': r[1], 'slot_type': r[2], 'database': r[3],
-             'active': r[4]} for r in slots]
+    idle = [r.slot_name for r in slots if not r.active and not (ctx.object_re and ctx.object_re.match(r.slot_name))]
+    obj += [{'type': 'replication_slot', 'name': r.slot_name, 'plugin': r.plugin, 'slot_type': r.slot_type,
+             'database': r.database, 'active': r.active} for r in slots]
     counts = 'max_replication_slots = %d, %d in use, %d free; this task needs %d (one per database%s)' % (
         maximum, len(slots), free, needed, ', its existing slots are reused' if reused else '')
     hint = ('Raise max_replication_slots (ALTER SYSTEM SET max_replication_slots = %d; restart the source)%s.'
@@ -1025,14 +474,14 @@ def check_replication_slots(ctx):
     return _item(cid, PASS, counts, '', obj)
 
 
-def check_wal_senders(ctx):
-    cid = 'source.wal_senders'
+@item('source.wal_senders')
+def check_wal_senders(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     error = _fact_error(cid, ctx.src, 'walsenders')
     if error:
         return error
-    maximum = int(_setting(ctx.src, 'max_wal_senders')['setting'])
+    maximum = int(setting(ctx.src, 'max_wal_senders')['setting'])
     used = int(ctx.src.get('walsenders') or 0)
     needed = len(ctx.db_names)
     free = maximum - used
@@ -1046,11 +495,11 @@ def check_wal_senders(ctx):
     return _item(cid, PASS, counts, '', obj)
 
 
-def check_max_slot_wal_keep_size(ctx):
-    cid = 'source.max_slot_wal_keep_size'
+@item('source.max_slot_wal_keep_size')
+def check_max_slot_wal_keep_size(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
-    value = _setting(ctx.src, 'max_slot_wal_keep_size')
+    value = setting(ctx.src, 'max_slot_wal_keep_size')
     if value is None:
         return _item(cid, PASS, 'max_slot_wal_keep_size does not exist before PostgreSQL 13: slots keep all the WAL '
                                 'they need')
@@ -1069,7 +518,7 @@ def _session_setting_item(ctx, cid, rules, fix_value):
     def evaluate(db, holder):
         out = []
         for name, bad, why in rules:
-            value = _setting(holder, name)
+            value = setting(holder, name)
             if value is not None and bad(int(value['setting'])):
                 out.append((db, name, value, why))
         return out
@@ -1080,8 +529,8 @@ def _session_setting_item(ctx, cid, rules, fix_value):
     if not findings:
         shown = []
         for name, _bad, _why in rules:
-            values = sorted({_setting(ctx.src_dbs[db], name)['display'] for db in ctx.reachable_dbs()
-                             if _setting(ctx.src_dbs[db], name)})
+            values = sorted({setting(ctx.src_dbs[db], name)['display'] for db in ctx.reachable_dbs()
+                             if setting(ctx.src_dbs[db], name)})
             if values:
                 shown.append('%s is %s' % (name, ' / '.join(values)))
         return _with_unreachable(ctx, _item(cid, PASS, '%s for the source role' % ' and '.join(shown) if shown else
@@ -1106,36 +555,39 @@ def _session_setting_item(ctx, cid, rules, fix_value):
     return _with_unreachable(ctx, _item(cid, WARNING, '; '.join(parts), hint, objects))
 
 
-def check_wal_sender_timeout(ctx):
-    return _session_setting_item(ctx, 'source.wal_sender_timeout', [(
+@item('source.wal_sender_timeout')
+def check_wal_sender_timeout(ctx, cid):
+    return _session_setting_item(ctx, cid, [(
         'wal_sender_timeout', lambda v: v == 0 or v < WAL_SENDER_TIMEOUT_MIN_MS,
         'below 60s the source drops the change stream while the destination applies one large transaction; 0 never '
         'notices a dead connection, which keeps the slot busy so a resumed task cannot use it')], '60000')
 
 
-def check_statement_timeout(ctx):
-    return _session_setting_item(ctx, 'source.statement_timeout', [
+@item('source.statement_timeout')
+def check_statement_timeout(ctx, cid):
+    return _session_setting_item(ctx, cid, [
         ('statement_timeout', lambda v: v > 0,
          'copying one table is a single COPY statement, so a table whose copy takes longer is cancelled'),
         ('transaction_timeout', lambda v: v > 0,
          'each copy worker reads in one long transaction, which this timeout ends')], '0')
 
 
-def check_idle_timeout(ctx):
-    return _session_setting_item(ctx, 'source.idle_in_transaction_session_timeout', [(
+@item('source.idle_in_transaction_session_timeout')
+def check_idle_timeout(ctx, cid):
+    return _session_setting_item(ctx, cid, [(
         'idle_in_transaction_session_timeout', lambda v: v > 0,
         'copy sessions keep their snapshot transaction open while they wait for the destination and would be ended')],
         '0')
 
 
-def check_replication_privilege(ctx):
-    cid = 'source.replication_privilege'
+@item('source.replication_privilege')
+def check_replication_privilege(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     role = ctx.src.get('role')
     if not role:
         return _fact_error(cid, ctx.src, 'role') or _item(cid, FAILED, 'the source role is not in pg_roles')
-    name, superuser, replication = role[0], role[1], role[2]
+    name, superuser, replication = role.rolname, role.rolsuper, role.rolreplication
     obj = [{'type': 'role', 'name': name, 'superuser': superuser, 'replication': replication}]
     if superuser or replication:
         return _item(cid, PASS, 'role "%s" %s' % (name, 'is a superuser' if superuser else 'has the REPLICATION attribute'),
@@ -1146,20 +598,21 @@ def check_replication_privilege(ctx):
                  'rds_replication).' % _ident(name), obj)
 
 
-def check_select_privilege(ctx):
-    cid = 'source.select_privilege'
+@item('source.select_privilege')
+def check_select_privilege(ctx, cid):
 
     def evaluate(db, holder):
         out = []
         by_oid = holder.get('by_oid')
-        for (oid,) in holder.get('no_select') or []:
-            t = by_oid[oid]
+        for r in holder.get('no_select') or []:
+            t = by_oid[r.oid]
             out.append(_table_obj(db, t.schema, t.name, privilege='SELECT'))
-        for (schema,) in holder.get('no_usage') or []:
-            out.append({'type': 'schema', 'database': db, 'name': schema, 'privilege': 'USAGE'})
-        for schema, name, ok, _oid in holder.get('sequences') or []:
-            if not ok:
-                out.append({'type': 'sequence', 'database': db, 'schema': schema, 'name': name, 'privilege': 'SELECT'})
+        for r in holder.get('no_usage') or []:
+            out.append({'type': 'schema', 'database': db, 'name': r.nspname, 'privilege': 'USAGE'})
+        for r in holder.get('sequences') or []:
+            if not r.has_sequence_privilege:
+                out.append({'type': 'sequence', 'database': db, 'schema': r.nspname, 'name': r.relname,
+                            'privilege': 'SELECT'})
         return out
 
     found, error = _per_db_items(ctx, cid, ['no_select', 'no_usage', 'sequences'], evaluate)
@@ -1181,13 +634,13 @@ def check_select_privilege(ctx):
                                                    'its sequences' % count))
 
 
-def check_row_security(ctx):
-    cid = 'source.row_security'
+@item('source.row_security')
+def check_row_security(ctx, cid):
 
     def evaluate(db, holder):
         by_oid = holder.get('by_oid')
-        return [_table_obj(db, by_oid[oid].schema, by_oid[oid].name, forced=bool(forced))
-                for oid, forced in holder.get('rls_filtered') or []]
+        return [_table_obj(db, by_oid[r.oid].schema, by_oid[r.oid].name, forced=bool(r.forced))
+                for r in holder.get('rls_filtered') or []]
 
     found, error = _per_db_items(ctx, cid, ['rls_filtered'], evaluate)
     if error:
@@ -1209,8 +662,8 @@ def check_row_security(ctx):
         hint + '.', found))
 
 
-def check_fence_privilege(ctx):
-    cid = 'source.fence_privilege'
+@item('source.fence_privilege')
+def check_fence_privilege(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     rights = ctx.src.get('fence_rights')
@@ -1218,15 +671,15 @@ def check_fence_privilege(ctx):
         return _fact_error(cid, ctx.src, 'fence_rights') or _item(cid, FAILED, 'could not read the source role')
     user = ctx.source_spec.user or 'current_user'
     problem = fence_problems(rights, ctx.db_names, user)
-    obj = [{'type': 'role', 'name': user, 'superuser': bool(rights[0]), 'pg_signal_backend': bool(rights[1])}]
+    obj = [{'type': 'role', 'name': user, 'superuser': bool(rights.rolsuper), 'pg_signal_backend': bool(rights.signal_backend)}]
     if problem:
         return _item(cid, FAILED, problem[0], problem[1], obj)
     return _item(cid, PASS, 'role "%s" can fence the selected databases at the cutover (%s)' % (
-        user, 'superuser' if rights[0] else 'owner of the databases and member of pg_signal_backend'), '', obj)
+        user, 'superuser' if rights.rolsuper else 'owner of the databases and member of pg_signal_backend'), '', obj)
 
 
-def check_publication_privilege(ctx):
-    cid = 'source.publication_privilege'
+@item('source.publication_privilege')
+def check_publication_privilege(ctx, cid):
     if ctx.plugin != 'pgoutput':
         return _item(cid, PASS, 'plugin %s needs no publication' % ctx.plugin)
 
@@ -1235,8 +688,8 @@ def check_publication_privilege(ctx):
         if holder.get('can_create') is False:
             out.append({'type': 'database', 'name': db, 'privilege': 'CREATE'})
         by_oid = holder.get('by_oid')
-        for (oid,) in holder.get('not_owned') or []:
-            t = by_oid[oid]
+        for r in holder.get('not_owned') or []:
+            t = by_oid[r.oid]
             out.append(_table_obj(db, t.schema, t.name, privilege='OWNER'))
         return out
 
@@ -1262,8 +715,8 @@ def check_publication_privilege(ctx):
                                                    'tables and may create in the databases)'))
 
 
-def check_long_transactions(ctx):
-    cid = 'source.long_transactions'
+@item('source.long_transactions')
+def check_long_transactions(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     error = _fact_error(cid, ctx.src, 'long_transactions')
@@ -1278,18 +731,19 @@ def check_long_transactions(ctx):
     if not rows:
         return _item(cid, PASS, 'no transaction has held a transaction id for more than %d s%s'
                      % (LONG_TRANSACTION_SECONDS, note))
-    objects = [{'type': 'session', 'pid': r[0], 'user': r[1], 'database': r[2], 'application_name': r[3],
-                'state': r[4], 'backend_type': r[5], 'transaction_seconds': r[6]} for r in rows]
-    shown = _names('pid %d (%s, %s, %s, open %d s)' % (r[0], r[1], r[2], r[4], r[6]) for r in rows)
+    objects = [{'type': 'session', 'pid': r.pid, 'user': r.usename, 'database': r.datname,
+                'application_name': r.application_name, 'state': r.state, 'backend_type': r.backend_type,
+                'transaction_seconds': r.seconds} for r in rows]
+    shown = _names('pid %d (%s, %s, %s, open %d s)' % (r.pid, r.usename, r.datname, r.state, r.seconds) for r in rows)
     return _item(cid, WARNING, '%s %s open with a transaction id: creating the task\'s slot waits until they end%s: %s'
                  % (_plural(len(rows), 'transaction'), 'is' if len(rows) == 1 else 'are', note, shown),
                  'Let them finish, or end them: SELECT pg_terminate_backend(pid) for %s. Sessions "idle in '
                  'transaction" usually come from an application that forgot to commit.'
-                 % _names(str(r[0]) for r in rows), objects)
+                 % _names(str(r.pid) for r in rows), objects)
 
 
-def check_prepared_transactions(ctx):
-    cid = 'source.prepared_transactions'
+@item('source.prepared_transactions')
+def check_prepared_transactions(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     error = _fact_error(cid, ctx.src, 'prepared')
@@ -1298,25 +752,25 @@ def check_prepared_transactions(ctx):
     rows = ctx.src.get('prepared') or []
     if not rows:
         return _item(cid, PASS, 'no prepared (two-phase) transactions on the source')
-    objects = [{'type': 'prepared_transaction', 'gid': r[0], 'owner': r[1], 'database': r[2], 'seconds': r[3]}
-               for r in rows]
+    objects = [{'type': 'prepared_transaction', 'gid': r.gid, 'owner': r.owner, 'database': r.database,
+                'seconds': r.seconds} for r in rows]
     return _item(cid, WARNING, '%s %s: creating the task\'s slot waits until each is committed or rolled back: %s'
                  % (_plural(len(rows), 'prepared transaction'), 'is pending' if len(rows) == 1 else 'are pending',
-                    _names('%s (database %s, prepared %d s ago)' % (_literal(r[0]), r[2], r[3]) for r in rows)),
+                    _names('%s (database %s, prepared %d s ago)' % (_literal(r.gid), r.database, r.seconds) for r in rows)),
                  'Resolve them with their transaction manager, or in the named database: COMMIT PREPARED %s; or '
-                 'ROLLBACK PREPARED %s;' % (_literal(rows[0][0]), _literal(rows[0][0])), objects)
+                 'ROLLBACK PREPARED %s;' % (_literal(rows[0].gid), _literal(rows[0].gid)), objects)
 
 
-def check_plugin_load(ctx):
-    cid = 'plugin.load'
+@item('plugin.load')
+def check_plugin_load(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     status, message, hint = ctx.plugin_result
     return _item(cid, status, message, hint, [{'type': 'plugin', 'name': ctx.plugin}])
 
 
-def check_numeric_special_values(ctx):
-    cid = 'plugin.numeric_special_values'
+@item('plugin.numeric_special_values')
+def check_numeric_special_values(ctx, cid):
     if ctx.plugin != 'wal2json':
         return _item(cid, PASS, 'plugin %s carries NaN and Infinity of numeric and float columns as they are' % ctx.plugin)
 
@@ -1348,8 +802,8 @@ def check_numeric_special_values(ctx):
         "never hold NaN or Infinity (for example CHECK (col <> 'NaN')).", found))
 
 
-def check_task_objects(ctx):
-    cid = 'task.objects'
+@item('task.objects')
+def check_task_objects(ctx, cid):
     if ctx.task_error:
         return _item(cid, FAILED, 'skipped because the task name is invalid (see task.name)', 'Fix the task name.')
     if not ctx.src.ok:
@@ -1361,16 +815,17 @@ def check_task_objects(ctx):
         return error
     objects = []
     for r in _own_slots(ctx):
-        objects.append({'type': 'replication_slot', 'name': r[0], 'plugin': r[1], 'slot_type': r[2], 'database': r[3],
-                        'active': r[4], 'active_pid': r[5], 'wal_status': r[7]})
+        objects.append({'type': 'replication_slot', 'name': r.slot_name, 'plugin': r.plugin, 'slot_type': r.slot_type,
+                        'database': r.database, 'active': r.active, 'active_pid': r.active_pid,
+                        'wal_status': r.wal_status})
     for db in ctx.reachable_dbs():
         holder = ctx.src_dbs[db]
-        for (name,) in holder.get('publications') or []:
-            if ctx.object_re.match(name):
-                objects.append({'type': 'publication', 'name': name, 'database': db})
-    for (name,) in ctx.dst.get('origins') or []:
-        if ctx.object_re.match(name):
-            objects.append({'type': 'replication_origin', 'name': name})
+        for r in holder.get('publications') or []:
+            if ctx.object_re.match(r.pubname):
+                objects.append({'type': 'publication', 'name': r.pubname, 'database': db})
+    for r in ctx.dst.get('origins') or []:
+        if ctx.object_re.match(r.roname):
+            objects.append({'type': 'replication_origin', 'name': r.roname})
     unknown = ''
     if ctx.unreachable_dbs():
         unknown = ' (publications in %s not checked: no connection)' % _names('"%s"' % d for d in ctx.unreachable_dbs())
@@ -1417,8 +872,8 @@ def check_task_objects(ctx):
                  '', objects)
 
 
-def check_selection(ctx):
-    cid = 'tables.selection'
+@item('tables.selection')
+def check_selection(ctx, cid):
     if ctx.selection_error:
         return _item(cid, FAILED, 'invalid table pattern: %s' % ctx.selection_error,
                      'Write patterns as schema.table or database.schema.table; * and ? are globs; quote names that hold '
@@ -1453,8 +908,8 @@ def check_selection(ctx):
     return _with_unreachable(ctx, _item(cid, PASS, message, '', objects))
 
 
-def check_missing(ctx):
-    cid = 'tables.missing'
+@item('tables.missing')
+def check_missing(ctx, cid):
     if ctx.selection_error:
         return _item(cid, FAILED, 'skipped because the table selection is invalid (see tables.selection)',
                      'Fix the tables / exclude_tables patterns.')
@@ -1479,15 +934,15 @@ def check_missing(ctx):
     return _with_unreachable(ctx, _item(cid, PASS, 'every table pattern matches at least one table'))
 
 
-def check_replica_identity(ctx):
-    cid = 'tables.replica_identity'
+@item('tables.replica_identity')
+def check_replica_identity(ctx, cid):
     mode = getattr(ctx, 'replica_identity', 'fail') or 'fail'
 
     def evaluate(db, holder):
         by_oid = holder.get('by_oid')
-        not_owned = {r[0] for r in holder.get('not_owned') or []}
+        not_owned = {r.oid for r in holder.get('not_owned') or []}
         # unlogged tables are never published (see tables.unlogged)
-        rows = [by_oid[oid] for (oid,) in holder.get('no_replica_identity') or [] if by_oid[oid].relpersistence != 'u']
+        rows = [by_oid[r.oid] for r in holder.get('no_replica_identity') or [] if by_oid[r.oid].relpersistence != 'u']
         parents = {t.qualified for t in holder.get('selected', []) if t.relkind == 'p'}
         return [_table_obj(db, t.schema, t.name, replica_identity={'d': 'default', 'n': 'nothing', 'i': 'index'}.get(
             t.replica_identity, t.replica_identity), owned=t.oid not in not_owned,
@@ -1562,9 +1017,9 @@ def _trigger_like_item(ctx, cid, key, kind):
         by_oid = holder.get('by_oid')
         out = []
         for row in holder.get(key) or []:
-            t = by_oid[row[0]]
-            out.append({'type': kind, 'database': db, 'schema': t.schema, 'table': t.name, 'name': row[1],
-                        'enabled': _ENABLED.get(row[2], row[2])})
+            t = by_oid[row.relid]
+            out.append({'type': kind, 'database': db, 'schema': t.schema, 'table': t.name, 'name': row.name,
+                        'enabled': _ENABLED.get(row.enabled, row.enabled)})
         return out
 
     found, error = _per_db_items(ctx, cid, [key], evaluate)
@@ -1599,16 +1054,18 @@ def _trigger_like_item(ctx, cid, key, kind):
     return _with_unreachable(ctx, _item(cid, WARNING, message, hint, active))
 
 
-def check_triggers(ctx):
-    return _trigger_like_item(ctx, 'tables.triggers', 'triggers', 'trigger')
+@item('tables.triggers')
+def check_triggers(ctx, cid):
+    return _trigger_like_item(ctx, cid, 'triggers', 'trigger')
 
 
-def check_rules(ctx):
-    return _trigger_like_item(ctx, 'tables.rules', 'rules', 'rule')
+@item('tables.rules')
+def check_rules(ctx, cid):
+    return _trigger_like_item(ctx, cid, 'rules', 'rule')
 
 
-def check_unlogged(ctx):
-    cid = 'tables.unlogged'
+@item('tables.unlogged')
+def check_unlogged(ctx, cid):
 
     def evaluate(db, holder):
         return [_table_obj(db, t.schema, t.name) for t in holder.get('selected', []) if t.relpersistence == 'u']
@@ -1633,23 +1090,24 @@ def check_unlogged(ctx):
         'instead.' % _qname(found[0]['schema'], found[0]['name']), found))
 
 
-def check_materialized_views(ctx):
-    cid = 'tables.materialized_views'
+@item('tables.materialized_views')
+def check_materialized_views(ctx, cid):
     whole = not ctx.include and not ctx.exclude
 
     def evaluate(db, holder):
         rows = holder.get('matviews') or []
         if whole:
-            return [{'type': 'materialized_view', 'database': db, 'schema': s, 'name': n, 'carried': True}
-                    for s, n in rows]
+            return [{'type': 'materialized_view', 'database': db, 'schema': r.nspname, 'name': r.relname,
+                     'carried': True} for r in rows]
         # a table selection carries the matviews of the schemas of its tables (the schema dump holds them)
         schemas = {t.schema for t in holder.get('selected', [])}
         patterns = [catalog.split_pattern(p) for p in ctx.include]
-        named = [(s, n) for s, n in rows
-                 if any((p[0] is None or fnmatch.fnmatchcase(db, p[0])) and fnmatch.fnmatchcase(s, p[1])
-                        and fnmatch.fnmatchcase(n, p[2]) for p in patterns)]
-        return [{'type': 'materialized_view', 'database': db, 'schema': s, 'name': n, 'carried': s in schemas}
-                for s, n in rows if s in schemas or (s, n) in named]
+        named = [(r.nspname, r.relname) for r in rows
+                 if any((p[0] is None or fnmatch.fnmatchcase(db, p[0])) and fnmatch.fnmatchcase(r.nspname, p[1])
+                        and fnmatch.fnmatchcase(r.relname, p[2]) for p in patterns)]
+        return [{'type': 'materialized_view', 'database': db, 'schema': r.nspname, 'name': r.relname,
+                 'carried': r.nspname in schemas}
+                for r in rows if r.nspname in schemas or (r.nspname, r.relname) in named]
 
     found, error = _per_db_items(ctx, cid, ['matviews'], evaluate)
     if error:
@@ -1674,8 +1132,8 @@ def check_materialized_views(ctx):
                    % (_plural(len(found), 'materialized view'), shown), None, found))
 
 
-def check_large_objects(ctx):
-    cid = 'tables.large_objects'
+@item('tables.large_objects')
+def check_large_objects(ctx, cid):
     whole = not ctx.include and not ctx.exclude
     found, error = _per_db_items(ctx, cid, ['large_objects'], lambda db, h: [
         {'type': 'database', 'name': db, 'large_objects': int(h.get('large_objects'))}
@@ -1699,8 +1157,8 @@ def check_large_objects(ctx):
         'are stopped at cutover (pg_dump --large-objects --data-only).', found))
 
 
-def check_generated_columns(ctx):
-    cid = 'tables.generated_columns'
+@item('tables.generated_columns')
+def check_generated_columns(ctx, cid):
 
     def evaluate(db, holder):
         return [{'type': 'column', 'database': db, 'schema': t.schema, 'table': t.name, 'name': c.name}
@@ -1720,26 +1178,26 @@ def check_generated_columns(ctx):
         'a sample after the copy).', found))
 
 
-def check_foreign_keys(ctx):
-    cid = 'tables.foreign_keys'
+@item('tables.foreign_keys')
+def check_foreign_keys(ctx, cid):
 
     def evaluate(db, holder):
         by_oid = holder.get('by_oid')
         selected = {t.oid for t in holder.get('selected', [])}
         selected_names = {t.qualified for t in holder.get('selected', [])}
         out, seen = [], set()
-        for conrelid, conname, confrelid, ref_schema, ref_name, inherited in holder.get('foreign_keys') or []:
-            if confrelid in selected:
+        for fk in holder.get('foreign_keys') or []:
+            if fk.confrelid in selected:
                 continue
-            table = by_oid[conrelid]
-            if inherited and table.parent in selected_names:
+            table = by_oid[fk.conrelid]
+            if fk.inherited and table.parent in selected_names:
                 continue                # reported on the partitioned parent
-            key = (conrelid, conname)
+            key = (fk.conrelid, fk.conname)
             if key in seen:
                 continue
             seen.add(key)
             out.append({'type': 'foreign_key', 'database': db, 'schema': table.schema, 'table': table.name,
-                        'name': conname, 'references': '%s.%s' % (ref_schema, ref_name)})
+                        'name': fk.conname, 'references': '%s.%s' % (fk.ref_schema, fk.ref_name)})
         return out
 
     found, error = _per_db_items(ctx, cid, ['foreign_keys'], evaluate)
@@ -1760,28 +1218,28 @@ def check_foreign_keys(ctx):
 
 def _available(ctx):
     table = {}
-    for name, version, superuser, trusted in ctx.dst.get('available_extensions') or []:
-        table.setdefault(name, {})[version] = (superuser, trusted)
+    for r in ctx.dst.get('available_extensions') or []:
+        table.setdefault(r.name, {})[r.version] = (r.superuser, r.trusted)
     return table
 
 
-def check_extensions(ctx):
-    cid = 'destination.extensions'
+@item('destination.extensions')
+def check_extensions(ctx, cid):
     if not ctx.dst.ok:
         return _skip_destination(cid)
     error = _fact_error(cid, ctx.dst, 'available_extensions')
     if error:
         return error
     available = _available(ctx)
-    role = ctx.dst.get('role') or (None, False, False, False)
-    dest_super = bool(role[1])
+    role = ctx.dst.get('role')
+    dest_super = bool(role and role.rolsuper)
 
     def evaluate(db, holder):
         out = []
         installed = {}
         if db in ctx.dst_dbs and ctx.dst_dbs[db].ok:
-            installed = dict(ctx.dst_dbs[db].get('extensions') or [])
-        for name, version in holder.get('extensions') or []:
+            installed = {r.extname: r.extversion for r in ctx.dst_dbs[db].get('extensions') or []}
+        for name, version in ((r.extname, r.extversion) for r in holder.get('extensions') or []):
             obj = {'type': 'extension', 'database': db, 'name': name, 'version': version}
             if name in installed:
                 if installed[name] != version:
@@ -1805,7 +1263,7 @@ def check_extensions(ctx):
     if error:
         return error
     if not found:
-        names = sorted({e[0] for db in ctx.reachable_dbs() for e in ctx.src_dbs[db].get('extensions') or []})
+        names = sorted({e.extname for db in ctx.reachable_dbs() for e in ctx.src_dbs[db].get('extensions') or []})
         if not names:
             return _with_unreachable(ctx, _item(cid, PASS, 'the selected databases use no extension (besides plpgsql)'))
         return _with_unreachable(ctx, _item(cid, PASS, 'the destination can provide every extension used on the source: '
@@ -1819,14 +1277,14 @@ def check_extensions(ctx):
 
 def _dest_db_row(ctx, db):
     for row in ctx.dst.get('databases') or []:
-        if row[0] == db:
+        if row.datname == db:
             return row
     return None
 
 
 def _src_db_row(ctx, db):
     for row in ctx.src.get('databases') or []:
-        if row[0] == db:
+        if row.datname == db:
             return row
     return None
 
@@ -1844,8 +1302,8 @@ def encoding_status(source_encoding, dest_encoding):
     return FAILED, 'characters of %s without an equivalent in %s cannot be stored' % (source_encoding, dest_encoding)
 
 
-def check_encoding(ctx):
-    cid = 'destination.encoding'
+@item('destination.encoding')
+def check_encoding(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     if not ctx.dst.ok:
@@ -1855,9 +1313,10 @@ def check_encoding(ctx):
         src_row, dst_row = _src_db_row(ctx, db), _dest_db_row(ctx, db)
         if not src_row or not dst_row:
             continue                    # a database the migration creates gets the source's encoding
-        status, reason = encoding_status(src_row[3], dst_row[3])
+        status, reason = encoding_status(src_row.encoding, dst_row.encoding)
         if status != PASS:
-            found.append({'type': 'database', 'name': db, 'source_encoding': src_row[3], 'destination_encoding': dst_row[3],
+            found.append({'type': 'database', 'name': db, 'source_encoding': src_row.encoding,
+                          'destination_encoding': dst_row.encoding,
                           'status': status, 'problem': reason})
     if not found:
         return _item(cid, PASS, 'encodings match (databases the migration creates get the source\'s encoding)')
@@ -1874,32 +1333,33 @@ def _norm_locale(value):
     return (value or '').lower().replace('-', '')
 
 
-def check_collation(ctx):
-    cid = 'destination.collation'
+@item('destination.collation')
+def check_collation(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     if not ctx.dst.ok:
         return _skip_destination(cid)
     catalog_colls = ctx.dst.get('catalog_collations') or []
-    libc_locales = {_norm_locale(r[1]) for r in catalog_colls if r[2] == 'c'} | {'c', 'posix'}
-    has_icu = any(r[2] == 'i' for r in catalog_colls)
+    libc_locales = {_norm_locale(r.collcollate) for r in catalog_colls if r.provider == 'c'} | {'c', 'posix'}
+    has_icu = any(r.provider == 'i' for r in catalog_colls)
     found = []
     for db in ctx.db_names:
         src_row, dst_row = _src_db_row(ctx, db), _dest_db_row(ctx, db)
         if not src_row:
             continue
         if dst_row:
-            diffs = [(label, a, b) for label, a, b in (('LC_COLLATE', src_row[4], dst_row[4]),
-                                                       ('LC_CTYPE', src_row[5], dst_row[5]),
-                                                       ('ICU locale', src_row[7], dst_row[7])) if (a or '') != (b or '')]
+            diffs = [(label, a, b) for label, a, b in (('LC_COLLATE', src_row.datcollate, dst_row.datcollate),
+                                                       ('LC_CTYPE', src_row.datctype, dst_row.datctype),
+                                                       ('ICU locale', src_row.icu_locale, dst_row.icu_locale))
+                     if (a or '') != (b or '')]
             if diffs:
                 found.append({'type': 'database', 'name': db, 'status': WARNING, 'problem': 'differs: %s' % ', '.join(
                     '%s %s on the source, %s on the destination' % d for d in diffs)})
         else:
-            if src_row[6] == 'i' and not has_icu:
+            if src_row.provider == 'i' and not has_icu:
                 found.append({'type': 'database', 'name': db, 'status': FAILED,
-                              'problem': 'uses ICU locale %s but the destination has no ICU support' % src_row[7]})
-            for label, value in (('LC_COLLATE', src_row[4]), ('LC_CTYPE', src_row[5])):
+                              'problem': 'uses ICU locale %s but the destination has no ICU support' % src_row.icu_locale})
+            for label, value in (('LC_COLLATE', src_row.datcollate), ('LC_CTYPE', src_row.datctype)):
                 if _norm_locale(value) not in libc_locales:
                     found.append({'type': 'database', 'name': db, 'status': WARNING,
                                   'problem': '%s %s is not among the destination\'s locales, so creating the database '
@@ -1908,14 +1368,15 @@ def check_collation(ctx):
     def evaluate(db, holder):
         out = []
         wanted = holder.get('collations') or []
-        migrated_schemas = set(_source_schemas(ctx, db)) if ctx.whole_databases else set()
+        migrated_schemas = set(source_schemas(ctx, db)) if ctx.whole_databases else set()
         if db in ctx.dst_dbs and ctx.dst_dbs[db].ok:
-            present = {(r[0], r[1]) for r in ctx.dst_dbs[db].get('collations') or []}
+            present = {(r.nspname, r.collname) for r in ctx.dst_dbs[db].get('collations') or []}
         else:
-            present = {('pg_catalog', r[0]) for r in catalog_colls}
-        for schema, name, _provider in wanted:
-            if (schema, name) not in present and schema not in migrated_schemas:
-                out.append({'type': 'collation', 'database': db, 'schema': schema, 'name': name, 'status': FAILED,
+            present = {('pg_catalog', r.collname) for r in catalog_colls}
+        for r in wanted:
+            if (r.nspname, r.collname) not in present and r.nspname not in migrated_schemas:
+                out.append({'type': 'collation', 'database': db, 'schema': r.nspname, 'name': r.collname,
+                            'status': FAILED,
                             'problem': 'is used by selected columns and does not exist on the destination'})
         return out
 
@@ -1941,14 +1402,14 @@ def check_collation(ctx):
         'migration (CREATE COLLATION ...).', found))
 
 
-def check_create_privilege(ctx):
-    cid = 'destination.create_privilege'
+@item('destination.create_privilege')
+def check_create_privilege(ctx, cid):
     if not ctx.dst.ok:
         return _skip_destination(cid)
     role = ctx.dst.get('role')
     if not role:
         return _fact_error(cid, ctx.dst, 'role') or _item(cid, FAILED, 'the destination role is not in pg_roles')
-    name, superuser, _replication, createdb = role
+    name, superuser, createdb = role.rolname, role.rolsuper, role.rolcreatedb
     if superuser:
         return _item(cid, PASS, 'destination role "%s" is a superuser' % name)
     problems = []
@@ -1969,13 +1430,13 @@ def check_create_privilege(ctx):
                              'problem': 'cannot connect to database "%s": %s'
                                         % (db, holder.failure.message if holder else 'unknown')})
             continue
-        existing = {r[0]: r for r in holder.get('schemas') or []}
-        wanted = _source_schemas(ctx, db) if db in ctx.src_dbs and ctx.src_dbs[db].ok else []
+        existing = {r.nspname: r for r in holder.get('schemas') or []}
+        wanted = source_schemas(ctx, db) if db in ctx.src_dbs and ctx.src_dbs[db].ok else []
         for schema in wanted:
-            if schema in existing and not existing[schema][2]:
+            if schema in existing and not existing[schema].can_create:
                 problems.append({'type': 'schema', 'database': db, 'name': schema, 'privilege': 'CREATE',
                                  'problem': 'no CREATE privilege on schema %s in "%s"' % (_ident(schema), db)})
-            elif schema not in existing and not row[8]:
+            elif schema not in existing and not row.can_create:
                 problems.append({'type': 'database', 'name': db, 'privilege': 'CREATE',
                                  'problem': 'no CREATE privilege on database "%s" to create schema %s'
                                             % (db, _ident(schema))})
@@ -1987,16 +1448,16 @@ def check_create_privilege(ctx):
     return _item(cid, PASS, 'destination role "%s" can create the databases, schemas and tables of the migration' % name)
 
 
-def check_apply_privilege(ctx):
-    cid = 'destination.apply_privilege'
+@item('destination.apply_privilege')
+def check_apply_privilege(ctx, cid):
     if not ctx.dst.ok:
         return _skip_destination(cid)
     role = ctx.dst.get('role')
     if not role:
         return _fact_error(cid, ctx.dst, 'role') or _item(cid, FAILED, 'the destination role is not in pg_roles')
-    if role[1]:
+    if role.rolsuper:
         return _item(cid, PASS, 'destination role "%s" is a superuser: replication origins and session_replication_role '
-                                'are available' % role[0])
+                                'are available' % role.rolname)
     error = _fact_error(cid, ctx.dst, 'function_privileges')
     if error:
         return error
@@ -2008,28 +1469,28 @@ def check_apply_privilege(ctx):
         missing.append({'type': 'parameter', 'name': 'session_replication_role', 'privilege': 'SET'})
     if not missing:
         return _item(cid, PASS, 'destination role "%s" may use replication origins and set session_replication_role'
-                     % role[0])
-    user = _ident(role[0])
+                     % role.rolname)
+    user = _ident(role.rolname)
     grants = ['GRANT EXECUTE ON FUNCTION %s TO %s;' % (o['name'], user) for o in missing if o['type'] == 'function']
     if not srr:
         grants.append('GRANT SET ON PARAMETER session_replication_role TO %s;' % user if version >= 150000 else
                       '(before PostgreSQL 15 only a superuser may set session_replication_role)')
     return _item(cid, FAILED, 'destination role "%s" cannot do what the apply needs: %s'
-                 % (role[0], _names(('EXECUTE on %s' % o['name'].split('(')[0].replace('pg_catalog.', '')) if
-                                    o['type'] == 'function' else 'SET %s' % o['name'] for o in missing)),
+                 % (role.rolname, _names(('EXECUTE on %s' % o['name'].split('(')[0].replace('pg_catalog.', '')) if
+                                         o['type'] == 'function' else 'SET %s' % o['name'] for o in missing)),
                  'As a superuser on the destination: %s' % ' '.join(grants), missing)
 
 
-def check_replication_origins(ctx):
-    cid = 'destination.replication_origins'
+@item('destination.replication_origins')
+def check_replication_origins(ctx, cid):
     if not ctx.dst.ok:
         return _skip_destination(cid)
     name = 'max_active_replication_origins' if ctx.dst.get('version') >= 180000 else 'max_replication_slots'
-    value = _setting(ctx.dst, name)
+    value = setting(ctx.dst, name)
     if value is None:
         return _item(cid, FAILED, 'could not read %s on the destination' % name, 'Check the destination role.')
     maximum = int(value['setting'])
-    own = [r[0] for r in ctx.dst.get('origins') or [] if ctx.object_re and ctx.object_re.match(r[0])]
+    own = [r.roname for r in ctx.dst.get('origins') or [] if ctx.object_re and ctx.object_re.match(r.roname)]
     needed = max(len(ctx.db_names) - (len(own) if ctx.resuming else 0), 0)
     obj = [{'type': 'setting', 'name': name, 'value': maximum, 'needed': needed}]
     hint = ('ALTER SYSTEM SET %s = %d; on the destination and restart it (replication origins are tracked in as many '
@@ -2051,8 +1512,8 @@ def check_replication_origins(ctx):
     return _item(cid, PASS, counts, '', obj)
 
 
-def check_conflicts(ctx):
-    cid = 'destination.conflicts'
+@item('destination.conflicts')
+def check_conflicts(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     if not ctx.dst.ok:
@@ -2073,8 +1534,9 @@ def check_conflicts(ctx):
         if error:
             return error
         has_rows = holder.get('has_rows') or {}
-        for oid, schema, name, relkind, readable in holder.get('relations') or []:
-            obj = {'type': 'table', 'database': db, 'schema': schema, 'name': name}
+        for rel in holder.get('relations') or []:
+            oid, relkind, readable = rel.oid, rel.relkind, rel.readable
+            obj = {'type': 'table', 'database': db, 'schema': rel.nspname, 'name': rel.relname}
             if relkind not in ('r', 'p'):
                 found.append(dict(obj, type={'v': 'view', 'm': 'materialized_view', 'f': 'foreign_table'}[relkind],
                                   status=FAILED, problem='exists with the name of a selected table'))
@@ -2087,7 +1549,8 @@ def check_conflicts(ctx):
             else:
                 found.append(dict(obj, status=WARNING, problem='exists and is empty'))
         tables_in = {o['schema'] for o in found if o.get('database') == db and 'schema' in o}
-        for schema, relations, _create in holder.get('schemas') or []:
+        for row in holder.get('schemas') or []:
+            schema, relations = row.nspname, row.relations
             if schema in tables_in or (schema == 'public' and not relations):
                 continue
             found.append({'type': 'schema', 'database': db, 'name': schema, 'relations': relations, 'status': WARNING,
@@ -2125,19 +1588,18 @@ def disk_space_status(required, free):
     return PASS, 'enough'
 
 
-def check_roles(ctx):
+@item('destination.roles')
+def check_roles(ctx, cid):
     """migrate_roles: the roles the task would create on the destination, and whether the destination login may."""
-    cid = 'destination.roles'
     if not ctx.migrate_roles:
         return _item(cid, PASS, 'migrate_roles is off: roles are not copied (object owners and privileges are left out)')
     if not ctx.src.ok:
         return _skip_source(cid)
     if not ctx.dst.ok:
         return _skip_destination(cid)
-    from ansible_collections.pgdts.migration.plugins.module_utils import roles
-    with connect(ctx.source_spec, application_name='pgdts-verify') as src, \
-            connect(ctx.dest_spec, application_name='pgdts-verify') as dst:
-        found = roles.preview(src, dst)
+    found = ctx.roles_preview
+    if isinstance(found, Exception):
+        raise found                 # run_checks reports it as "the check itself failed", as before
     objects = [{'type': 'role', 'name': name, 'action': 'create'} for name in found['create']] + \
         [{'type': 'role', 'name': name, 'action': 'keep'} for name in found['kept']]
     counts = '%d role(s) to create, %d already on the destination (left as they are), %d membership(s) to grant' % (
@@ -2153,14 +1615,14 @@ def check_roles(ctx):
     return _item(cid, PASS, counts, '', objects)
 
 
-def check_disk_space(ctx):
-    cid = 'destination.disk_space'
+@item('destination.disk_space')
+def check_disk_space(ctx, cid):
     if not ctx.src.ok:
         return _skip_source(cid)
     if not ctx.dst.ok:
         return _skip_destination(cid)
     required = sum(int(ctx.src_dbs[db].get('size') or 0) for db in ctx.reachable_dbs())
-    datadir = (_setting(ctx.dst, 'data_directory') or {}).get('setting')
+    datadir = (setting(ctx.dst, 'data_directory') or {}).get('setting')
     system_id = ctx.dst.get('system_identifier')
     local = bool(datadir and system_id and _read_system_identifier(datadir) == system_id)
     if not local:
@@ -2182,71 +1644,7 @@ def check_disk_space(ctx):
     return _with_unreachable(ctx, _item(cid, status, message, hint, obj))
 
 
-CHECKS = (
-    check_task_name,
-    check_source_connection,
-    check_destination_connection,
-    check_databases,
-    check_replication_connection,
-    check_distinct,
-    check_source_version,
-    check_destination_version,
-    check_client_programs,
-    check_source_recovery,
-    check_destination_recovery,
-    check_wal_level,
-    check_replication_slots,
-    check_wal_senders,
-    check_max_slot_wal_keep_size,
-    check_wal_sender_timeout,
-    check_statement_timeout,
-    check_idle_timeout,
-    check_replication_privilege,
-    check_select_privilege,
-    check_row_security,
-    check_fence_privilege,
-    check_publication_privilege,
-    check_long_transactions,
-    check_prepared_transactions,
-    check_plugin_load,
-    check_numeric_special_values,
-    check_task_objects,
-    check_selection,
-    check_missing,
-    check_replica_identity,
-    check_triggers,
-    check_rules,
-    check_unlogged,
-    check_materialized_views,
-    check_large_objects,
-    check_generated_columns,
-    check_foreign_keys,
-    check_extensions,
-    check_encoding,
-    check_collation,
-    check_create_privilege,
-    check_apply_privilege,
-    check_replication_origins,
-    check_conflicts,
-    check_roles,
-    check_disk_space,
-)
-
-CHECK_IDS = (
-    'task.name', 'source.connection', 'destination.connection', 'source.databases', 'source.replication_connection',
-    'servers.distinct', 'source.version', 'destination.version',
-    'worker.client_programs', 'source.recovery', 'destination.recovery',
-    'source.wal_level', 'source.replication_slots', 'source.wal_senders', 'source.max_slot_wal_keep_size',
-    'source.wal_sender_timeout', 'source.statement_timeout', 'source.idle_in_transaction_session_timeout',
-    'source.replication_privilege', 'source.select_privilege', 'source.row_security', 'source.fence_privilege',
-    'source.publication_privilege',
-    'source.long_transactions', 'source.prepared_transactions', 'plugin.load', 'plugin.numeric_special_values',
-    'task.objects', 'tables.selection', 'tables.missing', 'tables.replica_identity', 'tables.triggers', 'tables.rules',
-    'tables.unlogged', 'tables.materialized_views', 'tables.large_objects', 'tables.generated_columns',
-    'tables.foreign_keys', 'destination.extensions', 'destination.encoding', 'destination.collation',
-    'destination.create_privilege', 'destination.apply_privilege', 'destination.replication_origins',
-    'destination.conflicts', 'destination.roles', 'destination.disk_space',
-)
+CHECK_IDS = tuple(check_id for check_id, _function in ITEMS)
 
 
 def validate_options(task, tables=None, exclude_tables=None, plugin='pgoutput'):
@@ -2282,8 +1680,8 @@ def run_checks(source, destination, task, databases=None, tables=None, exclude_t
                pg_bindir=None):
     """source/destination: connection.ServerSpec. Returns a list of CheckItem dicts
     {'id': str, 'status': 'pass'|'warning'|'failed', 'message': str, 'hint': str, 'objects': list}."""
-    ctx = _Ctx(source, destination, task, databases, tables, exclude_tables, plugin, incremental, resuming,
-               migrate_roles)
+    ctx = Facts(source, destination, task, databases, tables, exclude_tables, plugin, incremental, resuming,
+                migrate_roles)
     ctx.replica_identity = replica_identity or 'fail'
     ctx.pg_bindir = pg_bindir
     try:
@@ -2296,15 +1694,14 @@ def run_checks(source, destination, task, databases=None, tables=None, exclude_t
             catalog.split_pattern(pattern)
     except catalog.SelectionError as exc:
         ctx.selection_error = str(exc)
-    _gather(ctx)
+    gather(ctx)
     if ctx.object_re:
         ctx.expected_names = {task_state.object_name(task, db): db for db in ctx.db_names}
     items = []
-    for check in CHECKS:
+    for check_id, check in ITEMS:
         try:
-            items.append(check(ctx))
+            items.append(check(ctx, check_id))
         except Exception as exc:  # pylint: disable=broad-except  # one broken check must not hide the others
-            check_id = CHECK_IDS[CHECKS.index(check)]
             items.append(_item(check_id, FAILED, 'the check itself failed: %s: %s' % (exc.__class__.__name__, exc),
                                'Report this as a pgdts bug, with the message.'))
     return items

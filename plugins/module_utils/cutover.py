@@ -172,7 +172,7 @@ class Finisher:
         """Fail before anything is fenced when the source login cannot fence (verify's source.fence_privilege)."""
         databases = [d['dbname'] for d in store.databases(self.name)]
         with connect(self.control.source, application_name='pgdts-finish') as conn:
-            rights = conn.execute(checks.FENCE_RIGHTS).fetchone()
+            rights = checks.fence_rights(conn)
             user = conn.info.user
         problem = checks.fence_problems(rights, databases, user)
         if problem:

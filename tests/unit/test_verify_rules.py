@@ -51,7 +51,7 @@ def test_summarize_counts_each_status():
 
 
 def test_catalogue_ids_are_unique_and_one_per_check():
-    assert len(checks.CHECK_IDS) == len(set(checks.CHECK_IDS)) == len(checks.CHECKS)
+    assert len(checks.CHECK_IDS) == len(set(checks.CHECK_IDS)) == len(checks.ITEMS)
     assert all(i.count('.') == 1 for i in checks.CHECK_IDS)
 
 
