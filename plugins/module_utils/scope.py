@@ -112,7 +112,7 @@ def load_matviews(conn, dbname, schemas=None):
     if by_oid:
         # pylint: disable=protected-access
         for relid, name, type_name, type_oid, not_null, generated, identity, position in query_all(
-                conn, catalog._COLUMNS_QUERY, (list(by_oid),)):
+                conn, catalog._columns_query(conn), (list(by_oid),)):
             by_oid[relid].columns.append(catalog.Column(name, type_name, type_oid, not_null, generated, identity,
                                                         position))
     return views
