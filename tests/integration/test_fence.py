@@ -224,7 +224,9 @@ def test_writer_through_the_fence_is_applied_and_named(servers, ansible, tmp_pat
     assert status == 'changed', result
     assert result['task']['stage'] == 'finished'
     [leak] = result['fence_leaks']
-    assert leak['database'] == dbname and leak['transaction_count'] >= 5
+    # the writer's first commit after its session was ended can land before finish reads the fence point (finish
+    # waits for the ended sessions to go, then reads it): that one is before the fence and synced like any other
+    assert leak['database'] == dbname and leak['transaction_count'] >= writer.fenced_commits - 1
     assert ('leaky', 'shop-warn') in {(w['usename'], w['application_name']) for w in leak['writers']}
     assert any('fence leaked' in w for w in result.get('warnings', [])), result.get('warnings')
     # nothing is lost: every row the writer committed, before and after the fence, is on the destination
