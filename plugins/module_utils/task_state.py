@@ -510,17 +510,3 @@ def task_report(store, name, source_lsns=None, include_tables=True):
     if include_tables:
         report['tables'] = table_rows
     return report
-
-
-def parse_time(value):
-    """A task's start_at (ISO 8601 text or datetime) as an aware UTC datetime; a time without zone is local."""
-    if not value:
-        return None
-    if isinstance(value, datetime.datetime):
-        parsed = value
-    else:
-        text = str(value).strip().replace('Z', '+00:00')
-        parsed = datetime.datetime.fromisoformat(text)
-    if parsed.tzinfo is None:
-        parsed = parsed.astimezone()
-    return parsed.astimezone(datetime.timezone.utc)
