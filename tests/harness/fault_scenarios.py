@@ -52,7 +52,7 @@ def kill_scenario(servers, ansible, tmp_path, seed):
     create_load_database(src, dbname, scale=4 if target == 'copy' else 3, extra_indexes=True,
                          views=300 if target == 'schema' else 0)
     args = {'name': name, 'source': src.spec(), 'destination': dst.spec(), 'worker_dir': worker_dir, 'jobs': 2,
-            'databases': [dbname]}
+            'databases': [dbname], 'replica_identity': 'full'}     # ledger, pgbench_history: no key
     finish_args = {k: args[k] for k in ('name', 'source', 'destination', 'worker_dir')}
     poller = TaskPoller(dst, name)
     with judged_scenario(servers, worker_dir, name, [dbname], poller):
