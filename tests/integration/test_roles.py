@@ -234,6 +234,8 @@ def test_roles_once_per_task_and_skipped_on_resume(pg_factory, tmp_path):
     assert hashes(dst, ['res_owner']) == hashes(src, ['res_owner'])
     wait_worker_gone(paths)
 
+    # the destination's own table is never dropped by a resume (it was there before the task): the user makes room
+    dst.execute('ALTER TABLE t RENAME TO t_before', dbname='rres')
     # a role added on the source now is not brought by the resumed task: its roles were done
     create_login_role(src, 'late_role', USER_PW)
     resume_task(paths, spec, source, destination)
@@ -243,6 +245,7 @@ def test_roles_once_per_task_and_skipped_on_resume(pg_factory, tmp_path):
     assert dst.value('SELECT count(*) FROM pg_roles WHERE rolname = %s', ('late_role',)) == 0
     assert dst.value('SELECT count(*) FROM t', dbname='rres') == 50
     assert dst.value("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 't'", dbname='rres') == 'res_owner'
+    assert dst.value('SELECT count(*) FROM t_before', dbname='rres') == 0      # the destination's own, kept
     with open(paths.log) as handle:
         assert sum(1 for line in handle if ' roles: ' in line) == 1
 
