@@ -3,6 +3,7 @@ what each slot holds back."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -108,3 +109,46 @@ def test_guard_drops_the_slot_when_the_destination_is_down(servers, ansible, tmp
             dst.value('SELECT count(*) FROM blob', dbname=dbname)
         status, result = ansible.module(MIGRATE, dict(args, state='absent', drop_destination=True))
         assert status == 'changed', result
+
+
+
+def gated_bindir(src, directory, gate):
+    """Client programs of the source's major, whose pg_dump waits until the file `gate` exists (--version answers at
+    once): the task stays in its schema stage, with its slot created, as long as the test wants."""
+    directory.mkdir()
+    for program in ('pg_restore', 'psql'):
+        (directory / program).symlink_to(os.path.join(src.bindir, program))
+    dump = directory / 'pg_dump'
+    dump.write_text('#!/bin/sh\ncase "$*" in *--version*) exec %s "$@";; esac\n'
+                    'while [ ! -e %s ]; do sleep 0.2; done\nexec %s "$@"\n'
+                    % (os.path.join(src.bindir, 'pg_dump'), gate, os.path.join(src.bindir, 'pg_dump')))
+    dump.chmod(0o755)
+    return str(directory)
+
+
+def test_guard_protects_the_source_during_the_initial_load(servers, ansible, tmp_path):
+    """The guard runs from the slot's creation on, not only during the sync: here pg_dump is held back (the slot holds
+    all the WAL since it was created) while the source writes 40 MB; the guard ends the walsender that exports the
+    snapshot, drops the slot, and the task fails with the reason."""
+    src, dst = servers
+    name = dbname = 'walcopy'
+    create_database(src, dbname)
+    gate = tmp_path / 'gate'
+    args = task_args(servers, tmp_path, name, dbname, max_retained_wal='16MB',
+                     pg_bindir=gated_bindir(src, tmp_path / 'bin', gate))
+    with judged_scenario(servers, args['worker_dir'], name, [dbname]):
+        try:
+            status, result = ansible.module(MIGRATE, dict(args, wait='none'))
+            assert status == 'changed', result
+            wait_until(lambda: task_slots(src, name) != [], 60, 'the task created its slot')
+            write_wal(src, dbname, 40)
+            wait_until(lambda: task_slots(src, name) == [], 60, 'the guard dropped the slot')
+        finally:
+            gate.write_text('')
+        row = wait_failed(dst, name, timeout=120)
+        print('the task failed with: %s' % row['error']['message'])
+        assert row['error']['type'] == 'WalRetentionExceeded', row['error']
+        assert row['error']['stage'] in ('schema', 'copy'), row['error']     # pg_dump may finish first
+        assert 'max_retained_wal (16MB)' in row['error']['message'], row['error']
+        assert task_slots(src, name) == []
+        src.execute(MEGABYTE_ROW, dbname=dbname)
