@@ -97,14 +97,14 @@ options:
   max_retained_wal:
     description:
       - The most WAL the task's replication slots may hold back on the source, as a size (V(10GB), V(500MB); the
-        units of PostgreSQL memory settings: kB, MB, GB, TB), for each slot. Unset (the default), the guard is off.
+        units of PostgreSQL memory settings, kB, MB, GB or TB), for each slot. Unset (the default), the guard is off.
       - A slot keeps every WAL segment from its C(restart_lsn) on until the destination has applied it. During the
         copy that is all the WAL since the copy began; during the sync, all the WAL written while the destination or
         the worker is down or behind. Without a limit a stopped destination makes the source's disk fill up.
       - The worker measures C(pg_current_wal_lsn() - restart_lsn) of the task's slots every few seconds during copy
         and sync. Past the limit it protects the source first - it drops the task's slots (the source frees that WAL
         at its next checkpoint) - and the task fails with a message that says how much was retained and the limit.
-        Such a task cannot be resumed (the changes since the last sync are gone with the slot): cancel it with
+        Such a task cannot be resumed (the changes since the last sync are gone with the slot); cancel it with
         O(state=absent) and O(drop_destination=true) and start it again.
       - The source's C(max_slot_wal_keep_size) (13+) is the server's own limit; it invalidates the slot instead of
         dropping it (the task then fails as well). This option works on every major and names the task in its message.
@@ -312,7 +312,7 @@ task:
       description:
         - When failed, the stage, message and the failing object (table, key, LSN, statement), and the C(type) of the
           error. V(WalRetentionExceeded) (the worker dropped the task's slots because one held back more than
-          O(max_retained_wal)) and V(SlotInvalidated) (the source invalidated or lost the slot) cannot be resumed: the
+          O(max_retained_wal)) and V(SlotInvalidated) (the source invalidated or lost the slot) cannot be resumed; the
           task needs a new copy.
       type: dict
     log:

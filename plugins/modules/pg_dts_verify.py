@@ -105,7 +105,7 @@ options:
     description:
       - The task's O(pgdts.migration.pg_dts_migrate#module:max_retained_wal) option (a size such as V(10GB)). Without it,
         the check C(source.wal_retention) warns when the source's C(max_slot_wal_keep_size) is V(-1) (or does not
-        exist, before 13): nothing would then stop the task's slot from holding back WAL until the source's disk is
+        exist, before 13); nothing would then stop the task's slot from holding back WAL until the source's disk is
         full.
     type: str
 extends_documentation_fragment:

@@ -111,7 +111,6 @@ def test_guard_drops_the_slot_when_the_destination_is_down(servers, ansible, tmp
         assert status == 'changed', result
 
 
-
 def gated_bindir(src, directory, gate):
     """Client programs of the source's major, whose pg_dump waits until the file `gate` exists (--version answers at
     once): the task stays in its schema stage, with its slot created, as long as the test wants."""
