@@ -13,7 +13,10 @@ short_description: Format migration tasks as a plain-text table
 description:
   - Turns a list of task records into the lines of a table with aligned columns, as the playbooks
     C(pgdts.migration.status) and every other pgdts playbook print at their end.
-  - With O(kind=status) the columns are task, stage, percent copied, rows, lag, worker and last error.
+  - With O(kind=status) the columns are task, stage, percent copied, rows, lag, slot WAL, worker and last error.
+    Slot WAL is what each database's slot holds back on the source (C(retained_wal_bytes)), its C(wal_status) and,
+    when the source limits it (C(max_slot_wal_keep_size)), C(safe_wal_size); the database is named when the task
+    has more than one.
   - With O(kind=summary) the columns are task, result, stage, percent copied, rows, lag and detail; the failure of a
     task that failed is its detail.
   - Values too long for O(max_width) are cut with an ellipsis; the full texts stay in the records.
@@ -59,7 +62,7 @@ _value:
 
 from ansible.errors import AnsibleFilterError
 
-STATUS_COLUMNS = ('TASK', 'STAGE', 'COPIED', 'ROWS', 'LAG', 'WORKER', 'LAST ERROR')
+STATUS_COLUMNS = ('TASK', 'STAGE', 'COPIED', 'ROWS', 'LAG', 'SLOT WAL', 'WORKER', 'LAST ERROR')
 SUMMARY_COLUMNS = ('TASK', 'RESULT', 'STAGE', 'COPIED', 'ROWS', 'LAG', 'DETAIL')
 RIGHT_ALIGNED = ('COPIED', 'ROWS')
 # Lag means something only while the destination follows the source.
@@ -89,6 +92,23 @@ def lag_text(report):
     if lag_seconds is not None:
         parts.append('%.1f s' % float(lag_seconds))
     return ' / '.join(parts)
+
+
+def slot_wal_text(report):
+    """'12.0 MB reserved' per database slot (with 'safe 1.0 GB' when the source limits it), '-' when not read."""
+    databases = [d for d in report.get('databases') or [] if isinstance(d, dict)]
+    parts = []
+    for database in databases:
+        if database.get('retained_wal_bytes') is None and not database.get('wal_status'):
+            continue
+        words = [human_bytes(database.get('retained_wal_bytes'))]
+        if database.get('wal_status'):
+            words.append(str(database['wal_status']))
+        if database.get('safe_wal_size') is not None:
+            words.append('safe ' + human_bytes(database['safe_wal_size']))
+        text = ' '.join(words)
+        parts.append('%s: %s' % (database.get('database'), text) if len(databases) > 1 else text)
+    return '; '.join(parts) or '-'
 
 
 def error_text(report):
@@ -122,7 +142,8 @@ def cells(record, kind, max_width):
     if kind == 'status':
         alive = report.get('worker_alive')
         worker = '-' if alive is None else ('alive' if alive else 'stopped')
-        return [record['task'], stage, copied, rows, lag_text(report), worker, one_line(error or '-', max_width)]
+        return [record['task'], stage, copied, rows, lag_text(report), slot_wal_text(report), worker,
+                one_line(error or '-', max_width)]
     detail = record.get('detail') or error or '-'
     return [record['task'], record.get('result') or '-', stage, copied, rows, lag_text(report),
             one_line(detail, max_width)]

@@ -130,6 +130,7 @@ class Facts:
         self.expected_names = {}        # object name -> dbname
         self.replica_identity = 'fail'
         self.pg_bindir = None
+        self.max_retained_wal = None    # the task's max_retained_wal (normalized size text), None: no limit
         self.roles_preview = None       # migrate_roles: roles.preview() of both servers, or the exception it raised
 
     @property
@@ -255,6 +256,10 @@ def _gather_source(ctx):
     src.fetch('identity', conn, _SERVER_IDENTITY, how='one')
     src.fetch('system_identifier', conn, _SYSTEM_IDENTIFIER, how='value')
     src.fetch('version_text', conn, 'SHOW server_version', how='value')
+    if version >= 140000:
+        # the WAL the source wrote since its statistics were reset: an average rate, no sampling (source.wal_retention)
+        src.fetch('wal_written', conn, 'SELECT wal_bytes::bigint AS bytes, EXTRACT(epoch FROM pg_catalog.now() - '
+                                       'stats_reset)::float8 AS seconds FROM pg_catalog.pg_stat_wal', how='one')
     return conn
 
 

@@ -513,6 +513,46 @@ def check_max_slot_wal_keep_size(ctx, cid):
     return _item(cid, PASS, 'max_slot_wal_keep_size = -1: the slot keeps all the WAL the task needs', '', obj)
 
 
+WAL_RATE_MIN_SECONDS = 86400        # an average WAL rate over less than a day says little about a day
+
+
+@item('source.wal_retention')
+def check_wal_retention(ctx, cid):
+    """Can a slot of this task fill the source's disk? Judged on the settings only: the free space under pg_wal cannot
+    be read through SQL, so no comparison with it is made; on 14+ the average WAL rate since the statistics were reset
+    (pg_stat_wal) tells how much a day of retention would be."""
+    if not ctx.src.ok:
+        return _skip_source(cid)
+    keep = setting(ctx.src, 'max_slot_wal_keep_size')
+    if ctx.max_retained_wal:
+        return _item(cid, PASS, 'max_retained_wal = %s: when a slot of the task holds back more WAL than that, the '
+                                'worker drops the task\'s slots and fails the task, before the source\'s disk fills up'
+                     % ctx.max_retained_wal, '', [{'type': 'option', 'name': 'max_retained_wal',
+                                                   'value': ctx.max_retained_wal}])
+    if keep is not None and int(keep['setting']) >= 0:
+        return _item(cid, PASS, 'max_slot_wal_keep_size = %s limits the WAL a slot holds back (the source '
+                                'invalidates the slot past it; see source.max_slot_wal_keep_size)' % keep['display'],
+                     '', [{'type': 'setting', 'name': 'max_slot_wal_keep_size', 'value': keep['display']}])
+    limit = ('max_slot_wal_keep_size = -1 (unlimited)' if keep is not None else
+             'max_slot_wal_keep_size does not exist before PostgreSQL 13')
+    message = ('%s and the task sets no max_retained_wal: while the destination or the worker is down or behind, and '
+               'during the whole copy, the task\'s slot keeps every WAL segment the source writes, until the disk '
+               'under pg_wal is full and the source stops (PANIC on a failed WAL write)' % limit)
+    written = ctx.src.get('wal_written')
+    obj = [{'type': 'setting', 'name': 'max_slot_wal_keep_size', 'value': keep['display'] if keep else None}]
+    if written is not None and written.seconds and written.seconds >= WAL_RATE_MIN_SECONDS:
+        per_day = int(written.bytes * 86400 / written.seconds)
+        message += ('. The source wrote %s of WAL per day on average over the last %d days (pg_stat_wal): about what '
+                    'one day of retention holds' % (_bytes(per_day), int(written.seconds // 86400)))
+        obj[0]['wal_per_day_bytes'] = per_day
+    message += ('. pgdts cannot read the free space under pg_wal: compare it with the WAL the source writes yourself')
+    return _item(cid, WARNING, message,
+                 'Set max_retained_wal on the task (e.g. max_retained_wal: 10GB, well below the free space under '
+                 'pg_wal; pgdts_max_retained_wal in the playbooks): the worker then drops the task\'s slots and fails '
+                 'the task first. Or set max_slot_wal_keep_size on the source (the server then invalidates the slot).',
+                 obj)
+
+
 def _session_setting_item(ctx, cid, rules, fix_value):
     """Per-database session settings (role and database defaults apply) judged by `rules`: [(name, bad, why)]."""
     def evaluate(db, holder):
@@ -1677,13 +1717,14 @@ def task_is_resumable(destination, task):
 
 def run_checks(source, destination, task, databases=None, tables=None, exclude_tables=None, plugin='pgoutput',
                incremental=True, resuming=False, migrate_roles=False, replica_identity='fail',
-               pg_bindir=None):
+               pg_bindir=None, max_retained_wal=None):
     """source/destination: connection.ServerSpec. Returns a list of CheckItem dicts
     {'id': str, 'status': 'pass'|'warning'|'failed', 'message': str, 'hint': str, 'objects': list}."""
     ctx = Facts(source, destination, task, databases, tables, exclude_tables, plugin, incremental, resuming,
                 migrate_roles)
     ctx.replica_identity = replica_identity or 'fail'
     ctx.pg_bindir = pg_bindir
+    ctx.max_retained_wal = max_retained_wal
     try:
         task_state.validate_task_name(task)
         ctx.object_re = task_state.object_name_re(task)

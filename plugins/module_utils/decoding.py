@@ -244,6 +244,35 @@ def slot_info(conn, slot_name):
             'restart_lsn': lsn_to_int(row[4]), 'confirmed_flush_lsn': lsn_to_int(row[5]), 'temporary': row[6]}
 
 
+def slot_states(conn, slot_names):
+    """WAL retention of replication slots: {slot_name: {'retained_bytes', 'wal_status', 'safe_wal_size',
+    'invalidation', 'restart_lsn', 'confirmed_flush_lsn', 'active_pid'}} for those of `slot_names` that exist.
+
+    retained_bytes is the WAL the slot holds back (current WAL position - restart_lsn; None when the slot has no
+    restart_lsn, e.g. invalidated). wal_status and safe_wal_size exist from 13 on (None before); invalidation is the
+    server's reason a slot can no longer be used: invalidation_reason on 17+, 'conflicting' (16) or 'lost' (13+)."""
+    version = conn.info.server_version
+    none = sql.SQL('NULL::text')
+    columns = sql.SQL(', ').join([
+        sql.SQL('wal_status') if version >= 130000 else none,
+        sql.SQL('safe_wal_size') if version >= 130000 else sql.SQL('NULL::bigint'),
+        sql.SQL('invalidation_reason') if version >= 170000 else
+        (sql.SQL("CASE WHEN conflicting THEN 'conflicting' END") if version >= 160000 else none)])
+    rows = conn.execute(sql.SQL(
+        'SELECT slot_name::text, pg_catalog.pg_wal_lsn_diff(CASE WHEN pg_catalog.pg_is_in_recovery() '
+        'THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_lsn() END, restart_lsn)::bigint, '
+        'restart_lsn::text, confirmed_flush_lsn::text, active_pid, {} FROM pg_catalog.pg_replication_slots '
+        'WHERE slot_name = ANY(%s)').format(columns), (list(slot_names),)).fetchall()
+    out = {}
+    for name, retained, restart, confirmed, pid, wal_status, safe, reason in rows:
+        if reason is None and wal_status == 'lost':
+            reason = 'lost'
+        out[name] = {'retained_bytes': max(0, retained) if retained is not None else None, 'wal_status': wal_status,
+                     'safe_wal_size': safe, 'invalidation': reason, 'restart_lsn': restart,
+                     'confirmed_flush_lsn': confirmed, 'active_pid': pid}
+    return out
+
+
 def drop_slot(conn, slot_name, missing_ok=True, timeout=30.0):
     """Drop a replication slot; a walsender or backend that holds it is terminated first. True when it existed."""
     deadline = time.monotonic() + timeout

@@ -323,21 +323,29 @@ RESTORE_OPTIONS = WRITER_OPTIONS + ' -c synchronous_commit=off'
 _MEMORY_SETTING = re.compile(r'^([1-9][0-9]*)(kB|MB|GB|TB)?$')
 
 
-def memory_setting(value):
-    """A PostgreSQL memory setting as the task accepts it ('512MB', '2GB', '65536' = kB), normalized; None stays
-    None. Raises ValueError with the reason."""
+def size_kilobytes(value):
+    """A size as PostgreSQL memory settings write it ('512MB', '2GB', '65536' = kB) -> (kilobytes, normalized text);
+    None stays (None, None). Raises ValueError with the reason."""
     if value is None:
-        return None
+        return None, None
     text = str(value).strip().replace(' ', '')
     found = _MEMORY_SETTING.match(text)
     if not found:
         raise ValueError('"%s" is not a memory size: a whole number with kB, MB, GB or TB (e.g. 512MB)' % value)
     number, unit = int(found.group(1)), found.group(2) or 'kB'
-    kilobytes = number * {'kB': 1, 'MB': 1024, 'GB': 1024 ** 2, 'TB': 1024 ** 3}[unit]
+    return number * {'kB': 1, 'MB': 1024, 'GB': 1024 ** 2, 'TB': 1024 ** 3}[unit], '%d%s' % (number, unit)
+
+
+def memory_setting(value):
+    """A PostgreSQL memory setting as the task accepts it ('512MB', '2GB', '65536' = kB), normalized; None stays
+    None. Raises ValueError with the reason."""
+    kilobytes, text = size_kilobytes(value)
+    if kilobytes is None:
+        return None
     # the server's limits for maintenance_work_mem: 1 MB .. 2 TB - 1 kB (64-bit)
     if kilobytes < 1024 or kilobytes > 2147483647:
         raise ValueError('"%s" is out of range for maintenance_work_mem (1MB to 2TB)' % value)
-    return '%d%s' % (number, unit)
+    return text
 
 
 def _restore_env(destination, dbname, maintenance_work_mem=None):

@@ -22,7 +22,7 @@ from ansible_collections.pgdts.migration.plugins.module_utils.task_state import 
 IDENTITY_KEYS = ('tables', 'exclude_tables', 'plugin', 'incremental')
 SPEC_KEYS = ('databases', 'tables', 'exclude_tables', 'plugin', 'incremental', 'jobs', 'start_at',
              'protect_destination', 'migrate_roles', 'retry_timeout', 'maintenance_work_mem', 'replica_identity',
-             'pg_bindir')
+             'pg_bindir', 'max_retained_wal')
 
 
 class TaskControlError(Exception):
@@ -51,7 +51,7 @@ def ensure_action(task, worker_running):
         return 'none'
     if worker_running:
         return 'reported'
-    if task['stage'] == 'failed' and (task['error'] or {}).get('type') == 'SlotInvalidated':
+    if task['stage'] == 'failed' and (task['error'] or {}).get('type') in ('SlotInvalidated', 'WalRetentionExceeded'):
         return 'refused'
     return 'resume'
 
@@ -88,6 +88,28 @@ def source_lsn(source):
         return None
 
 
+def source_slots(source, slot_names):
+    """decoding.slot_states() of the task's slots on the source ({} when the source cannot be reached)."""
+    from ansible_collections.pgdts.migration.plugins.module_utils import decoding
+    try:
+        with connect(source, application_name='pgdts-module') as conn:
+            return decoding.slot_states(conn, slot_names)
+    except ConnectionFailure:
+        return {}
+    except Exception:  # pylint: disable=broad-except  # e.g. no right to read them: the report goes without them
+        return {}
+
+
+def slots_by_database(store, name, source):
+    """{dbname: slot state} of the task's databases, read on `source` (None: not read)."""
+    if source is None:
+        return None
+    slots = {d['object_name']: d['dbname'] for d in store.databases(name)}
+    if not slots:
+        return None
+    return {slots[slot]: state for slot, state in source_slots(source, list(slots)).items()}
+
+
 class TaskControl:
     def __init__(self, params, source, destination, check_mode=False):
         # An invalid name is reported by the first action (ensure, cancel, finish), which modules call inside their
@@ -118,7 +140,8 @@ class TaskControl:
     def report(self, store, include_tables=True):
         lsn = self.source_lsn()
         databases = [d['dbname'] for d in store.databases(self.name)]
-        return task_state.task_report(store, self.name, {d: lsn for d in databases} if lsn else None, include_tables)
+        return task_state.task_report(store, self.name, {d: lsn for d in databases} if lsn else None, include_tables,
+                                      slots=slots_by_database(store, self.name, self.source) if lsn else None)
 
     def result(self, store, changed, action, msg, **extra):
         task = self.report(store) if store is not None else None
@@ -183,6 +206,10 @@ class TaskControl:
             self.params['maintenance_work_mem'] = schema.memory_setting(self.params.get('maintenance_work_mem'))
         except ValueError as exc:
             raise TaskControlError('maintenance_work_mem: %s' % exc) from None
+        try:
+            self.params['max_retained_wal'] = schema.size_kilobytes(self.params.get('max_retained_wal'))[1]
+        except ValueError as exc:
+            raise TaskControlError('max_retained_wal: %s' % exc) from None
         if self.params.get('pg_bindir') and not os.path.isfile(os.path.join(self.params['pg_bindir'], 'pg_dump')):
             raise TaskControlError('pg_bindir: no pg_dump in %s (give the bin directory of the PostgreSQL client '
                                    'programs, e.g. /usr/lib/postgresql/18/bin)' % self.params['pg_bindir'])
@@ -216,7 +243,8 @@ class TaskControl:
                                       incremental=self.params.get('incremental', True), resuming=False,
                                       migrate_roles=self.params.get('migrate_roles', False),
                                       replica_identity=self.params.get('replica_identity') or 'fail',
-                                      pg_bindir=self.params.get('pg_bindir'))
+                                      pg_bindir=self.params.get('pg_bindir'),
+                                      max_retained_wal=self.params.get('max_retained_wal'))
         failed = [c for c in items if c['status'] == 'failed']
         if failed:
             raise TaskControlError('task %s not started: %d check(s) failed: %s' % (
@@ -363,12 +391,14 @@ def task_infos(source, destination, name, worker_dir, include_tables):
         lsn = source_lsn(source) if source is not None else None
         out = []
         for task_name in names:
+            own = source
             if source is None:
                 own = task_source(store.get_task(task_name), worker.TaskPaths(worker_dir, task_name))
                 lsn = source_lsn(own) if own is not None else None
             databases = [d['dbname'] for d in store.databases(task_name)]
             report = task_state.task_report(store, task_name, {d: lsn for d in databases} if lsn else None,
-                                            include_tables)
+                                            include_tables,
+                                            slots=slots_by_database(store, task_name, own) if lsn else None)
             report['worker_alive'] = bool(worker.worker_pid(worker.TaskPaths(worker_dir, task_name)))
             out.append(report)
         return out

@@ -438,11 +438,13 @@ def _iso(value):
     return value.isoformat() if isinstance(value, (datetime.datetime, datetime.date)) else value
 
 
-def task_report(store, name, source_lsns=None, include_tables=True):
+def task_report(store, name, source_lsns=None, include_tables=True, slots=None):
     """What a user sees about a task: stage, per-table progress, totals with percent and ETA, lag, error.
 
     source_lsns: {dbname: current source WAL flush position (int)} when the caller could read it; else the last
     position the worker recorded is used.
+    slots: {dbname: decoding.slot_states() entry} of the task's slots read on the source, when the caller could; the
+    WAL each slot holds back, wal_status and safe_wal_size are null without it (or when the slot does not exist).
     """
     task = store.get_task(name)
     if task is None:
@@ -478,6 +480,7 @@ def task_report(store, name, source_lsns=None, include_tables=True):
         current = (source_lsns or {}).get(d['dbname']) or lsn_to_int(d['source_lsn'])
         lag_bytes = max(0, current - synced) if synced is not None and current is not None else None
         lag_seconds = None
+        slot = (slots or {}).get(d['dbname']) or {}
         if synced is not None:
             if lag_bytes == 0 and d['caught_up_at'] is not None:
                 lag_seconds = 0.0
@@ -489,7 +492,9 @@ def task_report(store, name, source_lsns=None, include_tables=True):
                      'source_lsn': int_to_lsn(current) if current is not None else None, 'lag_bytes': lag_bytes,
                      'lag_seconds': lag_seconds, 'applied_transactions': d['applied_transactions'],
                      'applied_changes': d['applied_changes'], 'transactions_per_second': round(d['tps'] or 0.0, 1),
-                     'last_commit_time': _iso(d['last_commit_time'])})
+                     'last_commit_time': _iso(d['last_commit_time']),
+                     'retained_wal_bytes': slot.get('retained_bytes'), 'wal_status': slot.get('wal_status'),
+                     'safe_wal_size': slot.get('safe_wal_size'), 'slot_invalidation': slot.get('invalidation')})
     lags = [s['lag_bytes'] for s in sync if s['lag_bytes'] is not None]
     lag_secs = [s['lag_seconds'] for s in sync if s['lag_seconds'] is not None]
     report = {

@@ -37,6 +37,8 @@ HEARTBEAT_SECONDS = 5
 # Reading through the SQL functions: advance the slot at most this often (an advance decodes from restart_lsn again).
 SQL_ADVANCE_SECONDS = 2.0
 WATCH_SECONDS = 0.25
+# how often the WAL-retention guard reads the task's slots on the source (one short query)
+WAL_GUARD_SECONDS = 5.0
 # applied transactions remembered for the fence's proof (a finish may ask about them a moment after they were applied)
 FENCE_RECENT = 1000
 FENCE_REPORTED = 200
@@ -55,6 +57,30 @@ _REPLICATION_REFUSED = re.compile(r'must be superuser or replication role|permis
 class SlotInvalidated(RuntimeError):
     """The task's replication slot is gone or was invalidated: the changes since the last sync cannot be read again,
     so the task cannot continue (resuming would lose data). The message says what to do."""
+
+
+class WalRetentionExceeded(RuntimeError):
+    """The task's slot held back more WAL than max_retained_wal: the worker dropped the task's slots to protect the
+    source, so the task cannot continue (like SlotInvalidated, a resume is refused). The message says what to do."""
+
+
+SLOT_LOST_TODO = ('The task cannot continue: cancel it (pg_dts_migrate state=absent with drop_destination=true) and '
+                  'start it again')
+
+
+def invalidated_message(slot, dbname, state, keep):
+    """What a user reads when the source invalidated the task's slot (state: a decoding.slot_states() entry)."""
+    if state['invalidation'] == 'lost' or (state['invalidation'] or '').startswith('wal_removed'):
+        return ('replication slot "%s" of database "%s" was invalidated by the source: it held back more WAL than '
+                'max_slot_wal_keep_size (%s) allows, and the source removed the WAL the destination still needed '
+                '(slot confirmed up to %s). The changes since then are lost for this task. %s; raise '
+                'max_slot_wal_keep_size on the source (-1 keeps all the WAL a slot needs; then set max_retained_wal '
+                'on the task so that a stopped destination cannot fill the source\'s disk) or keep the destination '
+                'reachable so that the slot is not invalidated again.'
+                % (slot, dbname, keep, state['confirmed_flush_lsn'], SLOT_LOST_TODO))
+    return ('replication slot "%s" of database "%s" was invalidated by the source (reason: %s), so the changes since '
+            'the last sync (slot confirmed up to %s) cannot be read. %s.'
+            % (slot, dbname, state['invalidation'], state['confirmed_flush_lsn'], SLOT_LOST_TODO))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -109,6 +135,9 @@ class TaskRunner:
         self.log_handle = open(paths.log, 'a', buffering=1)
         self._watch = None
         self.analyzed_during_copy = {}     # dbname -> tables analyzed right after their copy (this worker's run)
+        self.guard_error = None            # set by the WAL-retention guard: the task fails with it
+        self.live_slots = set()            # databases whose slot the task reads from (an invalidation ends the task)
+        self._guard = None
 
     # -- logging -------------------------------------------------------------------------------------------------
     def log(self, message):
@@ -150,7 +179,53 @@ class TaskRunner:
             self.stop_event.wait(WATCH_SECONDS)
         store.close()
 
+    # -- WAL-retention guard -------------------------------------------------------------------------------------
+    def _wal_guard(self):
+        """Every WAL_GUARD_SECONDS during copy and sync: fail the task at once when the source invalidated one of its
+        slots, and, with max_retained_wal, drop the task's slots when one holds back more WAL than that (the source's
+        health comes first)."""
+        limit = self.spec.get('max_retained_wal')
+        limit_bytes = schema.size_kilobytes(limit)[0] * 1024 if limit else None
+        while not self.stop_event.wait(WAL_GUARD_SECONDS):
+            try:
+                problem = self.check_wal(limit, limit_bytes)
+            except Exception as exc:  # pylint: disable=broad-except
+                self.log('WAL guard: could not read the slots on the source: %s' % error_text(exc))
+                continue
+            if problem is not None:
+                self.guard_error = problem
+                self.event('failed: %s' % problem)
+                self.stop_event.set()
+                return
+
+    def check_wal(self, limit, limit_bytes):
+        """One look at the task's slots on the source: the error the task fails with, or None."""
+        from ansible_collections.pgdts.migration.plugins.module_utils import decoding
+        slots = {task_state.object_name(self.name, d): d for d in self.spec['databases']}
+        with connect(self.source, application_name='pgdts-worker-guard') as conn:
+            states = decoding.slot_states(conn, slots)
+            for slot, state in sorted(states.items()):
+                if state['invalidation'] and slots[slot] in self.live_slots:
+                    keep = query_value(conn, "SELECT pg_catalog.current_setting('max_slot_wal_keep_size', true)")
+                    return SlotInvalidated(invalidated_message(slot, slots[slot], state, keep))
+            over = sorted((state['retained_bytes'], slot) for slot, state in states.items()
+                          if limit_bytes and (state['retained_bytes'] or 0) > limit_bytes)
+            if not over:
+                return None
+            retained, slot = over[-1]
+            retained_text = conn.execute('SELECT pg_catalog.pg_size_pretty(%s::bigint)', (retained,)).fetchone()[0]
+            dropped = [name for name in sorted(states) if decoding.drop_slot(conn, name, missing_ok=True)]
+        return WalRetentionExceeded(
+            'replication slot "%s" of database "%s" held back %s of WAL on the source, more than max_retained_wal '
+            '(%s) allows. To protect the source the worker dropped the task\'s replication slot(s) %s; the source '
+            'frees that WAL at its next checkpoint. The changes since the last sync can no longer be read, so the task '
+            'needs a new copy: cancel it (pg_dts_migrate state=absent with drop_destination=true) and start it again, '
+            'with the destination and the worker running (or a larger max_retained_wal).'
+            % (slot, slots[slot], retained_text, limit, ', '.join(dropped) or '(none left)'))
+
     def check_stop(self):
+        if self.guard_error is not None:
+            raise self.guard_error
         if self.stop_event.is_set():
             if self.request == 'cancel':
                 raise Cancelled()
@@ -173,6 +248,9 @@ class TaskRunner:
             self.event('resuming after failure at stage %s' % stage)
         self._watch = threading.Thread(target=self._watcher, name='watch', daemon=True)
         self._watch.start()
+        self.live_slots.update(d['dbname'] for d in self.store.databases(self.name) if d['schema_done'])
+        self._guard = threading.Thread(target=self._wal_guard, name='wal-guard', daemon=True)
+        self._guard.start()
         try:
             for kind, what in worker_steps(stage, self.spec.get('incremental', True)):
                 if kind == 'stage':
@@ -190,7 +268,13 @@ class TaskRunner:
             self.event('stop requested: worker stopped')
         except Exception as exc:  # pylint: disable=broad-except
             self.log('FAILED: %s\n%s' % (error_text(exc), traceback.format_exc()))
-            for attempt in range(3):
+            if self.guard_error is not None:
+                # the guard dropped the slots (or found one invalidated): whatever failed after that, this is why
+                exc = self.guard_error
+            # the guard's reason must reach the task's state: wait for the destination (it may be the one that is down)
+            deadline = time.time() + (float(self.spec.get('retry_timeout') or 600) if self.guard_error else 0)
+            attempt = 0
+            while True:
                 try:
                     self.reopen_store(force=attempt > 0)   # its connection may have died with the destination
                     current = self.store.get_task(self.name) or {}
@@ -200,7 +284,10 @@ class TaskRunner:
                     break
                 except Exception as record_exc:  # pylint: disable=broad-except
                     self.log('could not record the failure in the state database: %s' % error_text(record_exc))
-                    time.sleep(1.0)
+                    attempt += 1
+                    if attempt >= 3 and time.time() > deadline:
+                        break
+                    time.sleep(1.0 if attempt < 3 else 5.0)
             return 1
         finally:
             self.stop_event.set()
@@ -302,6 +389,7 @@ class TaskRunner:
         repl = connect(self.source, dbname, application_name='pgdts-snapshot', replication='database')
         try:
             lsn, snapshot = decoding.create_slot_with_snapshot(repl, name, plugin)
+            self.live_slots.add(dbname)
             self.store.update_database(self.name, dbname, slot_lsn=lsn)
             self.event('database "%s": slot %s created at %s' % (dbname, name, int_to_lsn(lsn)))
             dump_path = schema.temp_dump_path(self.paths.work, task_state.database_tag(dbname))
@@ -668,30 +756,22 @@ class SyncLoop:
 
     def check_slot(self, exc):
         """After a sync error: raise SlotInvalidated (from exc) when the task's slot was dropped or invalidated."""
+        from ansible_collections.pgdts.migration.plugins.module_utils import decoding
         try:
             with connect(self.runner.source, self.dbname, application_name='pgdts-worker') as conn:
                 # wal_status exists from 13 on; a 12 slot is never invalidated (no max_slot_wal_keep_size)
-                status = sql.SQL('wal_status' if conn.info.server_version >= 130000 else 'NULL::text')
-                row = conn.execute(sql.SQL('SELECT {}, restart_lsn::text, confirmed_flush_lsn::text FROM '
-                                           'pg_catalog.pg_replication_slots WHERE slot_name = %s').format(status),
-                                   (self.name,)).fetchone()
+                state = decoding.slot_states(conn, [self.name]).get(self.name)
                 keep = query_value(conn, "SELECT pg_catalog.current_setting('max_slot_wal_keep_size', true)")
         except Exception:  # pylint: disable=broad-except
             return       # cannot tell: the original error stands
-        todo = ('The task cannot continue: cancel it (pg_dts_migrate state=absent with drop_destination=true) and '
-                'start it again')
-        if row is None:
+        if self.runner.guard_error is not None:
+            raise self.runner.guard_error from exc
+        if state is None:
             raise SlotInvalidated('replication slot "%s" of database "%s" no longer exists on the source (it was '
                                   'dropped outside pgdts), so the changes since the last sync cannot be read. %s.'
-                                  % (self.name, self.dbname, todo)) from exc
-        if row[0] == 'lost':
-            raise SlotInvalidated(
-                'replication slot "%s" of database "%s" was invalidated by the source: it held back more WAL than '
-                'max_slot_wal_keep_size (%s) allows, and the source removed the WAL the destination still needed '
-                '(slot confirmed up to %s). The changes since then are lost for this task. %s; raise '
-                'max_slot_wal_keep_size on the source (-1 keeps all the WAL a slot needs) or keep the destination '
-                'reachable so that the slot is not invalidated again.' % (self.name, self.dbname, keep, row[2], todo)) \
-                from exc
+                                  % (self.name, self.dbname, SLOT_LOST_TODO)) from exc
+        if state['invalidation']:
+            raise SlotInvalidated(invalidated_message(self.name, self.dbname, state, keep)) from exc
 
     def session(self):
         with TaskStore(self.runner.destination, 'pgdts-sync-state') as store:

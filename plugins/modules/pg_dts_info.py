@@ -61,7 +61,11 @@ EXAMPLES = r'''
 
 RETURN = r'''
 tasks:
-  description: One record per task, as RV(pgdts.migration.pg_dts_migrate#module:task) describes, plus C(worker_alive).
+  description:
+    - One record per task, as RV(pgdts.migration.pg_dts_migrate#module:task) describes, plus C(worker_alive).
+    - Per database (C(databases)), the WAL its slot holds back on the source (C(retained_wal_bytes)), C(wal_status),
+      C(safe_wal_size) and C(slot_invalidation), read on the source when it can be reached (O(source), or the task's
+      own source login; see the notes), else null.
   returned: always
   type: list
   elements: dict

@@ -94,6 +94,21 @@ options:
       - The server's own setting applies to nothing else.
     type: str
     default: 512MB
+  max_retained_wal:
+    description:
+      - The most WAL the task's replication slots may hold back on the source, as a size (V(10GB), V(500MB); the
+        units of PostgreSQL memory settings, kB, MB, GB or TB), for each slot. Unset (the default), the guard is off.
+      - A slot keeps every WAL segment from its C(restart_lsn) on until the destination has applied it. During the
+        copy that is all the WAL since the copy began; during the sync, all the WAL written while the destination or
+        the worker is down or behind. Without a limit a stopped destination makes the source's disk fill up.
+      - The worker measures C(pg_current_wal_lsn() - restart_lsn) of the task's slots every few seconds during copy
+        and sync. Past the limit it protects the source first - it drops the task's slots (the source frees that WAL
+        at its next checkpoint) - and the task fails with a message that says how much was retained and the limit.
+        Such a task cannot be resumed (the changes since the last sync are gone with the slot); cancel it with
+        O(state=absent) and O(drop_destination=true) and start it again.
+      - The source's C(max_slot_wal_keep_size) (13+) is the server's own limit; it invalidates the slot instead of
+        dropping it (the task then fails as well). This option works on every major and names the task in its message.
+    type: str
   pg_bindir:
     description:
       - Directory of the PostgreSQL client programs (C(pg_dump), C(pg_restore), C(psql)) the worker runs, on the
@@ -283,11 +298,22 @@ task:
       description: Applied source transactions per second over the last seconds.
       type: float
     databases:
-      description: Per database sync progress (slot, synced and source LSN, lag, applied transactions).
+      description:
+        - Per database sync progress (slot, synced and source LSN, lag, applied transactions).
+        - What the database's slot holds back on the source, read when the source can be reached (else null)
+          C(retained_wal_bytes) (the WAL the slot keeps, C(pg_current_wal_lsn() - restart_lsn); compare it with
+          O(max_retained_wal)), C(wal_status) (V(reserved), V(extended), V(unreserved) or V(lost); 13+, null on 12),
+          C(safe_wal_size) (bytes the source may still write before the slot is invalidated by
+          C(max_slot_wal_keep_size); null when that is V(-1), and on 12) and C(slot_invalidation) (why the source
+          invalidated the slot - C(invalidation_reason) on 17+, V(conflicting) on 16, V(lost) - or null).
       type: list
       elements: dict
     error:
-      description: When failed, the stage, message and the failing object (table, key, LSN, statement).
+      description:
+        - When failed, the stage, message and the failing object (table, key, LSN, statement), and the C(type) of the
+          error. V(WalRetentionExceeded) (the worker dropped the task's slots because one held back more than
+          O(max_retained_wal)) and V(SlotInvalidated) (the source invalidated or lost the slot) cannot be resumed; the
+          task needs a new copy.
       type: dict
     log:
       description: The last events of the task.
@@ -338,6 +364,7 @@ def main():
         incremental=dict(type='bool', default=True),
         jobs=dict(type='int', default=4),
         maintenance_work_mem=dict(type='str', default='512MB'),
+        max_retained_wal=dict(type='str'),
         pg_bindir=dict(type='path'),
         start_at=dict(type='str'),
         drop_destination=dict(type='bool', default=False),

@@ -101,6 +101,13 @@ options:
         before 17).
       - The module looks on the host it runs on, so run it on the worker host.
     type: path
+  max_retained_wal:
+    description:
+      - The task's O(pgdts.migration.pg_dts_migrate#module:max_retained_wal) option (a size such as V(10GB)). Without it,
+        the check C(source.wal_retention) warns when the source's C(max_slot_wal_keep_size) is V(-1) (or does not
+        exist, before 13); nothing would then stop the task's slot from holding back WAL until the source's disk is
+        full.
+    type: str
 extends_documentation_fragment:
   - pgdts.migration.connection.source
   - pgdts.migration.connection.destination
@@ -247,6 +254,7 @@ from ansible_collections.pgdts.migration.plugins.module_utils.catalog import Sel
 from ansible_collections.pgdts.migration.plugins.module_utils.checks import (
     FAILED, WARNING, run_checks, summarize, task_is_resumable, validate_options,
 )
+from ansible_collections.pgdts.migration.plugins.module_utils.schema import size_kilobytes
 from ansible_collections.pgdts.migration.plugins.module_utils.task_state import TaskNameError
 
 
@@ -270,6 +278,7 @@ def main():
         replica_identity=dict(type='str', default='fail', choices=['fail', 'full', 'exclude']),
         fail_on=dict(type='str', default='failed', choices=['failed', 'warning', 'never']),
         pg_bindir=dict(type='path'),
+        max_retained_wal=dict(type='str'),
     )
     argument_spec.update(ansible_common.server_argument_spec('source', 'destination'))
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
@@ -279,6 +288,10 @@ def main():
         validate_options(params['name'], params['tables'], params['exclude_tables'], params['plugin'])
     except (TaskNameError, SelectionError) as exc:
         module.fail_json(msg=str(exc), changed=False)
+    try:
+        max_retained_wal = size_kilobytes(params['max_retained_wal'])[1]
+    except ValueError as exc:
+        module.fail_json(msg='max_retained_wal: %s' % exc, changed=False)
     source = ansible_common.server_spec(module, 'source')
     destination = ansible_common.server_spec(module, 'destination')
 
@@ -287,7 +300,7 @@ def main():
                        exclude_tables=params['exclude_tables'], plugin=params['plugin'],
                        incremental=params['incremental'], resuming=resuming, migrate_roles=params['migrate_roles'],
                        replica_identity=params['replica_identity'],
-                       pg_bindir=params['pg_bindir'])
+                       pg_bindir=params['pg_bindir'], max_retained_wal=max_retained_wal)
     summary = summarize(items)
     blocking = blocking_items(items, params['fail_on'])
     result = dict(changed=False, checks=items, summary=summary, passed=summary[FAILED] == 0,

@@ -202,8 +202,9 @@ def test_stage_playbooks_for_a_list_entry(clusters, ansible, tmp_path):
     status = play('status')
     assert status.rc == 0 and changed_for(status, host) == []
     lines = status.task('Print the table of every task')['result']['msg']
-    assert lines[0].split() == ['TASK', 'STAGE', 'COPIED', 'ROWS', 'LAG', 'WORKER', 'LAST', 'ERROR']
-    assert re.search(r'^north_shop\s+sync\s+100\.0%\s+[\d,]+\s+\S+ \w?B( / [\d.]+ s)?\s+alive\s+-$',
+    assert lines[0].split() == ['TASK', 'STAGE', 'COPIED', 'ROWS', 'LAG', 'SLOT', 'WAL', 'WORKER', 'LAST', 'ERROR']
+    assert re.search(r'^north_shop\s+sync\s+100\.0%\s+[\d,]+\s+\S+ \w?B( / [\d.]+ s)?\s+'
+                     r'[\d.]+ \w?B( (reserved|extended))?\s+alive\s+-$',
                      table_line(lines, 'north_shop')), lines
 
     cancel = play('cancel', pgdts_drop_destination=True)

@@ -34,9 +34,25 @@ def shop(src):
 
 
 def args(src, dst, **extra):
-    data = {'name': 'shop_move', 'source': src.spec(), 'destination': dst.spec(), 'databases': ['v_shop']}
+    # the task limits the WAL its slot may hold back (else source.wal_retention warns: the servers keep -1)
+    data = {'name': 'shop_move', 'source': src.spec(), 'destination': dst.spec(), 'databases': ['v_shop'],
+            'max_retained_wal': '10GB'}
     data.update(extra)
-    return data
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def test_unlimited_wal_retention_warns_with_the_fix(ansible, src, dst, shop):
+    assert src.setting('max_slot_wal_keep_size') == '-1'
+    status, result = ansible.module(MODULE, args(src, dst, exclude_tables=['public.notes'], max_retained_wal=None))
+    assert status == 'ok', result
+    [item] = [i for i in result['checks'] if i['id'] == 'source.wal_retention']
+    assert item['status'] == 'warning', item
+    assert item['message'].startswith('max_slot_wal_keep_size = -1 (unlimited) and the task sets no max_retained_wal')
+    assert 'cannot read the free space under pg_wal' in item['message'], item
+    assert 'Set max_retained_wal on the task' in item['hint'], item
+    assert result['summary']['warning'] == 1, result['summary']
+    status, result = ansible.module(MODULE, args(src, dst, max_retained_wal='lots'))
+    assert status == 'failed' and result['msg'].startswith('max_retained_wal: "lots" is not a memory size'), result
 
 
 def test_module_returns_every_check_and_passes(ansible, src, dst, shop):

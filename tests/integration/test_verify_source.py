@@ -42,8 +42,11 @@ def test_clean_source_passes_every_check_and_changes_nothing(src, dst):
     recreate_database(src, 'v_clean', *ALL_PASS_DDL)
     try:
         before_src, before_dst = server_objects(src, ['v_clean']), server_objects(dst)
-        result = verify(src, dst, databases=['v_clean'])
+        result = verify(src, dst, databases=['v_clean'], max_retained_wal='10GB')
         assert {i: r['status'] for i, r in result.items() if r['status'] != 'pass'} == {}
+        # without a limit on the task the source's unlimited max_slot_wal_keep_size is a risk for its disk
+        unlimited = verify(src, dst, databases=['v_clean'])['source.wal_retention']
+        assert unlimited['status'] == 'warning' and '(unlimited)' in unlimited['message'], unlimited
         assert server_objects(src, ['v_clean']) == before_src
         assert server_objects(dst) == before_dst
         assert result['tables.selection']['message'] == '3 tables selected in 1 database'
@@ -699,7 +702,7 @@ def test_a_catalog_the_role_cannot_read_fails_only_its_own_item(src, dst):
             # a login that can fence at the cutover (source.fence_privilege)
             conn.execute('ALTER DATABASE v_broken OWNER TO v_locked')
             conn.execute('GRANT pg_signal_backend TO v_locked')
-        result = verify(src, dst, source_user='v_locked', databases=['v_broken'])
+        result = verify(src, dst, source_user='v_locked', databases=['v_broken'], max_retained_wal='10GB')
         item = result['tables.large_objects']
         assert item['status'] == 'failed'
         assert item['message'] == ('could not be checked: reading database "v_broken" failed: permission denied for '

@@ -57,6 +57,7 @@ def healthy(plugin='pgoutput', incremental=True, resuming=False, migrate_roles=F
     destination = ServerSpec(host='dst.example', user='mover', dbname='postgres')
     ctx = check_facts.Facts(source, destination, TASK, None, None, None, plugin, incremental, resuming, migrate_roles)
     ctx.object_re = task_state.object_name_re(TASK)
+    ctx.max_retained_wal = '10GB'
     src = ctx.src
     src.facts.update({
         'version': 160004, 'version_text': '16.4',
@@ -278,6 +279,16 @@ CASES = [
     ('source.max_slot_wal_keep_size', None, P, 'keeps all the WAL'),
     ('source.max_slot_wal_keep_size', source_setting('max_slot_wal_keep_size', '1024', '1GB'), W,
      'invalidates the slot'),
+    ('source.wal_retention', None, P, 'max_retained_wal = 10GB'),
+    ('source.wal_retention', set_ctx(max_retained_wal=None), W, 'max_slot_wal_keep_size = -1 (unlimited)'),
+    ('source.wal_retention', both(set_ctx(max_retained_wal=None), source_setting('max_slot_wal_keep_size', '1024', '1GB')),
+     P, 'max_slot_wal_keep_size = 1GB limits'),
+    ('source.wal_retention', both(set_ctx(max_retained_wal=None), lambda ctx, tmp: ctx.src.facts['settings'].pop(
+        'max_slot_wal_keep_size')), W, 'does not exist before PostgreSQL 13'),
+    ('source.wal_retention', both(set_ctx(max_retained_wal=None), set_source('wal_written', row(
+        bytes=20 * 1024 ** 3, seconds=2 * 86400.0))), W, '10.0 GB of WAL per day on average over the last 2 days'),
+    ('source.wal_retention', both(set_ctx(max_retained_wal=None), set_source('wal_written', row(
+        bytes=20 * 1024 ** 3, seconds=3600.0))), W, 'cannot read the free space under pg_wal'),
     ('source.wal_sender_timeout', None, P, 'wal_sender_timeout is 1min'),
     ('source.wal_sender_timeout', shop_setting('wal_sender_timeout', '0'), W, 'never notices a dead connection'),
     ('source.statement_timeout', None, P, 'statement_timeout is 0'),

@@ -9,7 +9,9 @@ from ansible_collections.pgdts.migration.plugins.filter.check_line import check_
 from ansible_collections.pgdts.migration.plugins.filter.task_table import human_bytes, task_table
 
 SYNCING = {'stage': 'sync', 'totals': {'percent': 100.0, 'rows': 1234567}, 'lag_bytes': 1536, 'lag_seconds': 0.5,
-           'worker_alive': True, 'error': None}
+           'worker_alive': True, 'error': None,
+           'databases': [{'database': 'shop', 'retained_wal_bytes': 12 << 20, 'wal_status': 'reserved',
+                          'safe_wal_size': None}]}
 COPYING = {'stage': 'copy', 'totals': {'percent': 42.5, 'rows': 1000}, 'lag_bytes': None, 'lag_seconds': None,
            'worker_alive': True, 'error': None}
 FAILED = {'stage': 'failed', 'totals': {'percent': 10.0, 'rows': 5}, 'lag_bytes': 99, 'lag_seconds': 3.0,
@@ -20,12 +22,22 @@ def test_status_table_aligns_columns_and_reads_the_report():
     lines = task_table([{'task': 'shop_move', 'report': SYNCING}, {'task': 'crm', 'report': COPYING},
                         {'task': 'hr_move', 'report': FAILED}, {'task': 'new_one', 'report': None}])
     assert lines == [
-        'TASK       STAGE        COPIED       ROWS  LAG             WORKER   LAST ERROR',
-        'shop_move  sync         100.0%  1,234,567  1.5 kB / 0.5 s  alive    -',
-        'crm        copy          42.5%      1,000  -               alive    -',
-        'hr_move    failed        10.0%          5  -               stopped  copy: relation "x" does not exist',
-        'new_one    not started       -          -  -               -        -',
+        'TASK       STAGE        COPIED       ROWS  LAG             SLOT WAL          WORKER   LAST ERROR',
+        'shop_move  sync         100.0%  1,234,567  1.5 kB / 0.5 s  12.0 MB reserved  alive    -',
+        'crm        copy          42.5%      1,000  -               -                 alive    -',
+        'hr_move    failed        10.0%          5  -               -                 stopped  copy: relation "x" does '
+        'not exist',
+        'new_one    not started       -          -  -               -                 -        -',
     ]
+
+
+def test_status_table_shows_each_database_slot_wal():
+    report = dict(COPYING, databases=[
+        {'database': 'shop', 'retained_wal_bytes': 3 << 30, 'wal_status': 'extended', 'safe_wal_size': 1 << 30},
+        {'database': 'crm', 'retained_wal_bytes': None, 'wal_status': 'lost', 'safe_wal_size': None},
+        {'database': 'hr', 'retained_wal_bytes': None, 'wal_status': None, 'safe_wal_size': None}])
+    line = task_table([{'task': 'crm_move', 'report': report}])[1]
+    assert '  shop: 3.0 GB extended safe 1.0 GB; crm: - lost  ' in line, line
 
 
 def test_summary_table_shows_result_and_detail_and_cuts_long_texts():

@@ -95,6 +95,7 @@ def test_a_new_task_starts_scheduled_only_with_start_at():
     ({'stage': 'failed', 'error': {'type': 'ApplyError', 'stage': 'sync'}}, False, 'resume'),
     ({'stage': 'failed', 'error': {'type': 'SlotInvalidated', 'stage': 'sync'}}, False, 'refused'),
     ({'stage': 'failed', 'error': {'type': 'SlotInvalidated', 'stage': 'sync'}}, True, 'reported'),
+    ({'stage': 'failed', 'error': {'type': 'WalRetentionExceeded', 'stage': 'copy'}}, False, 'refused'),
 ])
 def test_what_state_present_does_with_a_task(task, running, expected):
     assert ensure_action(task, running) == expected
