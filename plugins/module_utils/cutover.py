@@ -329,7 +329,7 @@ class Finisher:
         for dbname in databases:
             known = {(r['schema'], r['table']) for r in store.tables(self.name, dbname)}
             watch = scope_mod.Scope(dbname, spec.get('tables'), spec.get('exclude_tables'), known,
-                                    spec.get('replica_identity'))
+                                    spec.get('replica_identity'), spec.get('plugin'))
             with connect(self.control.source, dbname, application_name='pgdts-finish') as conn:
                 adopt, found = watch.classify(conn, self.control.destination)
                 if spec.get('replica_identity') == 'exclude':

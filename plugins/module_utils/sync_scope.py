@@ -162,10 +162,11 @@ class Scope:
     """The scope of one database of a task on the source: `include`/`exclude` are the task's table patterns (none:
     the whole database), `known` the (schema, table) pairs the task carries (its registered tables),
     `identity_mode` the replica_identity option (with `exclude`, a table without a usable replica identity is out of
-    scope)."""
+    scope), `plugin` the task's decoding plugin."""
 
-    def __init__(self, dbname, include, exclude, known, identity_mode='fail'):
+    def __init__(self, dbname, include, exclude, known, identity_mode='fail', plugin='pgoutput'):
         self.dbname = dbname
+        self.plugin = plugin or 'pgoutput'
         self.include = list(include or [])
         self.exclude = list(exclude or [])
         self.known = set(tuple(k) for k in known)
@@ -209,7 +210,10 @@ class Scope:
         unknown, by_key = self.unknown(conn)
         if not unknown:
             return [], []
-        adopt, problems, missing_dest, new_tables = [], [], [], []
+        adopt, problems, missing_dest, new_tables, unpublished = [], [], [], [], []
+        # pgoutput on a source before 13 publishes the leaf partitions the task started with (decoding.
+        # create_publication): a partition created later is in no publication, its changes never reach the worker
+        leaves_only = self.plugin == 'pgoutput' and conn.info.server_version < 130000
         dest_parents = {}
         if any(self.known_ancestor(t, by_key) for t in unknown):
             with connect(destination, self.dbname, application_name='pgdts-scope') as dst:
@@ -220,6 +224,8 @@ class Scope:
             ancestor = self.known_ancestor(table, by_key)
             if ancestor is None:
                 new_tables.append(table)
+            elif leaves_only:
+                unpublished.append(table)
             elif dest_parents.get((table.schema, table.name)) != table.parent_key:
                 missing_dest.append(table)
             else:
@@ -230,6 +236,14 @@ class Scope:
                 'replicate DDL, so their rows would be lost: the task stops. Cancel the task and start it again to '
                 'copy them (or, if they must not be migrated, drop them or leave them out with exclude_tables on a new '
                 'task)' % (len(new_tables), ', '.join(display(t) for t in new_tables)))
+        if unpublished:
+            problems.append(
+                'partition(s) were created or attached on the source under a partitioned table of the task during '
+                'the sync: %s. A PostgreSQL %d source publishes the leaf partitions the task started with, so the '
+                'changes of a new one are not decoded and its rows would be lost: the task stops. Cancel the task '
+                'and start it again to copy it (a source of 13 or newer, or the wal2json plugin, syncs such '
+                'partitions)' % (', '.join('%s (of %s)' % (display(t), '%s.%s' % t.parent_key) for t in unpublished),
+                                 conn.info.server_version // 10000))
         if missing_dest:
             problems.append(
                 'partition(s) were created or attached on the source under a partitioned table of the task during '

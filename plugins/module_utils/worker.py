@@ -787,7 +787,7 @@ class SyncLoop:
                         options=WRITER_OPTIONS) as dst:
             metas = self.table_metas(src, set(copy_lsn))
             self.scope = scope.Scope(self.dbname, runner.spec.get('tables'), runner.spec.get('exclude_tables'),
-                                     set(copy_lsn), runner.spec.get('replica_identity'))
+                                     set(copy_lsn), runner.spec.get('replica_identity'), runner.spec.get('plugin'))
             self.scope_checked = 0.0
             applier = apply.Applier(dst, self.name, metas, copy_lsn)
             applier.setup()

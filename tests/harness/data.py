@@ -191,6 +191,19 @@ def database_catalog(cluster, dbname):
     return out
 
 
+def _major(cluster):
+    with cluster.connect('postgres') as conn:
+        return conn.info.server_version // 10000
+
+
+def _view_rows(cluster, dbname, name):
+    schema_name, view = name.split('.', 1)
+    with cluster.connect(dbname) as conn:
+        rows = conn.execute(sql.SQL('SELECT t::text FROM {} t').format(
+            sql.Identifier(schema_name, view))).fetchall()
+    return sorted(r[0] for r in rows)
+
+
 def assert_same_catalogs(source, destination, dbname, dest_dbname=None, skip=()):
     """Every column, index, constraint, trigger, view, function, sequence definition and extension of the database
     equal on both sides; `skip`: 'schema.table' names of the destination's own tables (their objects are ignored)."""
@@ -201,6 +214,11 @@ def assert_same_catalogs(source, destination, dbname, dest_dbname=None, skip=())
         missing = sorted(set(src[kind]) - set(theirs))
         extra = sorted(set(theirs) - set(src[kind]))
         different = sorted(k for k in set(src[kind]) & set(theirs) if src[kind][k] != theirs[k])
+        if kind == 'views' and different and _major(source) != _major(destination):
+            # pg_get_viewdef words the same query differently across majors (16 stopped qualifying columns): there a
+            # view or matview is equal when it is of the same kind and gives the same rows on both sides
+            different = [k for k in different if src[kind][k][:1] != theirs[k][:1]
+                         or _view_rows(source, dbname, k) != _view_rows(destination, dest_dbname or dbname, k)]
         assert not (missing or extra or different), '%s differ: missing on the destination %s, extra %s, different %s' % (
             kind, missing, extra, [(k, src[kind][k], theirs[k]) for k in different[:3]])
     return sum(len(v) for v in src.values())
